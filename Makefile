@@ -1,0 +1,60 @@
+# dstutor — the two commands: `make book` (build the course) and `make test` (run the tests).
+# Everything installs into .venv from pinned versions; the book's JavaScript comes from npm.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP_ARGS ?=
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export MPLBACKEND := Agg
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: help install book book-force chromium test check-site lab clean
+
+help:
+	@echo "make book        install everything, execute every chapter (full mode), build book/_build/html"
+	@echo "make test        unit tests + every chapter in smoke mode + a smoke build of the site checked in Chromium"
+	@echo "make lab         JupyterLab with the chapters opening as notebooks"
+	@echo "make check-site  check the built book (book/_build/html) in headless Chromium"
+	@echo "make book-force  like make book, but re-execute every chapter"
+	@echo "make clean       remove build output (keeps .venv and the cache in ~/.cache/dstutor)"
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "dstutor needs Python 3.11 (set PYTHON=...)")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(PIP_ARGS) -e ".[book,test]"
+	touch $@
+
+book/node_modules/.installed: book/package.json book/package-lock.json
+	cd book && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+install: $(VENV)/.installed book/node_modules/.installed
+
+book: install
+	$(PY) book/build.py
+
+book-force: install
+	$(PY) book/build.py --force
+
+# Chromium for the site check: Debian's package (never a browser download).
+chromium:
+	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && \
+	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
+	  echo "warning: no chromium and no apt-get: the site checks will be skipped"; }
+
+test: install chromium
+	$(PY) -m pytest
+	@if [ -d book/_build/html ]; then $(MAKE) --no-print-directory check-site; fi
+
+check-site: install chromium
+	$(PY) -m pytest tests/test_site.py -m site --site=book/_build/html
+
+lab: install
+	JUPYTER_CONFIG_DIR=$(CURDIR)/.jupyter $(VENV)/bin/jupytext-config set-default-viewer markdown myst
+	cd notebooks && JUPYTER_CONFIG_DIR=$(CURDIR)/.jupyter ../$(VENV)/bin/jupyter lab --allow-root
+
+clean:
+	rm -rf book/_build book/chapters book/vendor build .pytest_cache

@@ -1,0 +1,79 @@
+"""Build the course site: execute every chapter (full mode, cached), then render with Jupyter Book.
+
+A chapter is re-executed when its text or the dstutor package changed since its last execution
+(or with --force). Chapter 00 runs last, so its table of runtimes shows this build's numbers.
+`--smoke` builds a quick site from smoke-mode runs into build/smoke-book (used by the tests).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from dstutor.chapters import (REPO_ROOT, ChapterError, chapter_paths, execute_chapter, is_current,
+                              record_runtime, save_executed)
+from dstutor.env import choose_device
+
+BOOK = Path(__file__).resolve().parent
+BOOK_FILES = ["_config.yml", "_toc.yml", "_ext"]
+
+
+def execute_all(out_dir: Path, smoke: bool, force: bool) -> None:
+    """Execute the chapters that changed into out_dir as .ipynb; record full-mode runtimes."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chapters = chapter_paths()
+    device = choose_device().device.type
+    ran_any = False
+    for chapter in chapters[1:] + chapters[:1]:  # the tour reads the others' runtimes
+        stale_tour = chapter == chapters[0] and ran_any
+        if not force and not stale_tour and is_current(chapter, out_dir, smoke):
+            print(f"  {chapter.stem}: unchanged, kept", flush=True)
+            continue
+        print(f"  {chapter.stem}: executing ({'smoke' if smoke else 'full'} mode)...", flush=True)
+        run = execute_chapter(chapter, smoke=smoke)
+        save_executed(run, out_dir, smoke)
+        if not smoke:
+            record_runtime(run, device)
+        print(f"  {chapter.stem}: {run.seconds:.1f} s", flush=True)
+        ran_any = True
+    wanted = {f"{c.stem}.ipynb" for c in chapters}
+    for old in out_dir.glob("*.ipynb"):
+        if old.name not in wanted:
+            old.unlink()
+
+
+def render(book_dir: Path) -> None:
+    """Run Jupyter Book on book_dir (warnings are shown, the build fails on errors)."""
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    subprocess.run([str(jupyter_book), "build", str(book_dir)], check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--force", action="store_true", help="re-execute every chapter")
+    parser.add_argument("--smoke", action="store_true", help="quick site from smoke runs (build/smoke-book)")
+    args = parser.parse_args()
+    book_dir = BOOK
+    if args.smoke:
+        book_dir = REPO_ROOT / "build" / "smoke-book"
+        book_dir.mkdir(parents=True, exist_ok=True)
+        for name in BOOK_FILES:
+            source, target = BOOK / name, book_dir / name
+            if source.is_dir():
+                shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(source, target)
+        (book_dir / "node_modules").unlink(missing_ok=True)
+        (book_dir / "node_modules").symlink_to(BOOK / "node_modules")
+    try:
+        execute_all(book_dir / "chapters", smoke=args.smoke, force=args.force)
+    except ChapterError as error:
+        sys.exit(f"book build stopped: {error}")
+    render(book_dir)
+    print(f"site: {book_dir / '_build' / 'html' / 'index.html'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""The course's chapters: find them, execute one in full or smoke mode, and record how long it took.
+
+Both the tests (smoke mode) and `make book` (full mode) run chapters through `execute_chapter`, so
+a failure reads the same everywhere: the chapter, the cell number, its source and the traceback.
+Smoke sizes live in each chapter's front matter (`dstutor: smoke: {name: value}`) and are injected
+as a cell right after the chapter's `parameters` cell (papermill's convention).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pandas as pd
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+RUNTIMES_FILE = REPO_ROOT / "book" / "_build" / "runtimes.json"
+ANSI_COLOURS = re.compile(r"\x1b\[[0-9;]*m")  # IPython colours tracebacks; reports are plain text
+
+
+class ChapterError(RuntimeError):
+    """A chapter failed: the message names the chapter, the cell and the error."""
+
+
+@dataclass
+class ChapterRun:
+    """An executed chapter and its wall-clock time."""
+
+    path: Path
+    notebook: nbformat.NotebookNode
+    seconds: float
+
+
+def chapter_paths(directory: Path = NOTEBOOK_DIR) -> list[Path]:
+    """The chapters in course order: `NN_topic.md` files."""
+    return sorted(p for p in directory.glob("[0-9][0-9]_*.md"))
+
+
+def chapter_title(path: Path) -> str:
+    """The chapter's first `# ` heading."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# "):
+            return line[2:].strip()
+    return path.stem
+
+
+def read_chapter(path: Path, smoke: bool) -> nbformat.NotebookNode:
+    """Read a jupytext chapter; in smoke mode insert its smoke overrides after the parameters cell."""
+    notebook = jupytext.read(path)
+    overrides = notebook.metadata.get("dstutor", {}).get("smoke", {})
+    if not smoke or not overrides:
+        return notebook
+    tagged = [i for i, c in enumerate(notebook.cells) if "parameters" in c.metadata.get("tags", [])]
+    if len(tagged) != 1:
+        raise ChapterError(f"{path.name}: has smoke overrides but {len(tagged)} cells tagged "
+                           "'parameters' (need exactly one)")
+    source = "# Injected by dstutor.chapters: smoke-mode sizes\n" + "\n".join(
+        f"{name} = {value!r}" for name, value in overrides.items())
+    cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
+    notebook.cells.insert(tagged[0] + 1, cell)
+    return notebook
+
+
+@contextlib.contextmanager
+def _smoke_env(smoke: bool):
+    # The kernel inherits this process's environment, so DSTUTOR_SMOKE reaches dstutor inside it.
+    previous = os.environ.get("DSTUTOR_SMOKE")
+    os.environ["DSTUTOR_SMOKE"] = "1" if smoke else "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("DSTUTOR_SMOKE", None)
+        else:
+            os.environ["DSTUTOR_SMOKE"] = previous
+
+
+def execute_chapter(path: Path, smoke: bool, timeout: int = 900) -> ChapterRun:
+    """Run every cell from a fresh kernel (timeout per cell, seconds); raise ChapterError on failure."""
+    notebook = read_chapter(path, smoke)
+    current = {"index": -1}
+
+    def remember(cell, cell_index, **_):
+        current["index"] = cell_index
+
+    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}},
+                            on_cell_start=remember)
+    start = time.perf_counter()
+    with _smoke_env(smoke):
+        try:
+            client.execute()
+        except (CellExecutionError, CellTimeoutError, DeadKernelError) as error:
+            index = current["index"]
+            source = notebook.cells[index].source if index >= 0 else ""
+            number = sum(c.cell_type == "code" for c in notebook.cells[:index + 1])
+            kind = {CellTimeoutError: f"timed out after {timeout} s",
+                    DeadKernelError: "killed the kernel (out of memory?)"}.get(type(error), "raised")
+            report = ANSI_COLOURS.sub("", str(error))
+            raise ChapterError(f"{path.name}: code cell {number} {kind}\n--- cell source ---\n{source}\n"
+                               f"--- error ---\n{report}") from None
+    return ChapterRun(path, notebook, time.perf_counter() - start)
+
+
+def record_runtime(run: ChapterRun, device: str, runtimes_file: Path = RUNTIMES_FILE) -> None:
+    """Store a full-mode chapter runtime for this device kind ('cpu' or 'cuda'), keeping the others."""
+    data = json.loads(runtimes_file.read_text()) if runtimes_file.exists() else {}
+    data.setdefault(run.path.stem, {})[device] = {
+        "seconds": round(run.seconds, 1),
+        "cores": os.cpu_count(),
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    runtimes_file.parent.mkdir(parents=True, exist_ok=True)
+    runtimes_file.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
+def chapter_runtimes(runtimes_file: Path = RUNTIMES_FILE, directory: Path = NOTEBOOK_DIR) -> pd.DataFrame:
+    """Every chapter with its last measured full-mode runtime on CPU and GPU (NaN: not measured yet)."""
+    data = json.loads(runtimes_file.read_text()) if runtimes_file.exists() else {}
+    rows = []
+    for path in chapter_paths(directory):
+        measured = data.get(path.stem, {})
+        rows.append({"chapter": path.stem[:2], "title": chapter_title(path),
+                     "CPU seconds": measured.get("cpu", {}).get("seconds", float("nan")),
+                     "GPU seconds": measured.get("cuda", {}).get("seconds", float("nan"))})
+    return pd.DataFrame(rows).set_index("chapter")
+
+
+def runtime_note(number: str, runtimes_file: Path = RUNTIMES_FILE) -> str:
+    """One sentence for a chapter's opening: its runtimes from the last full build, or that none exists."""
+    table = chapter_runtimes(runtimes_file)
+    if number not in table.index:
+        raise ValueError(f"no chapter numbered {number!r}; chapters are {list(table.index)}")
+    row = table.loc[number]
+    parts = [f"{row[kind]:.0f} s on {label}" for kind, label in
+             (("CPU seconds", "this course's CPU build machine"), ("GPU seconds", "a GPU"))
+             if row[kind] == row[kind]]  # NaN != NaN: not measured yet
+    if not parts:
+        return "Runtime: not measured yet (it is recorded by `make book`)."
+    return "Runtime in the last `make book`: " + "; ".join(parts) + "."
+
+
+def content_hash(chapter: Path, smoke: bool) -> str:
+    """Hash of the chapter text, every dstutor source file and the mode: outputs are stale when it changes."""
+    digest = hashlib.sha256(chapter.read_bytes() + (b"smoke" if smoke else b"full"))
+    for source in sorted((REPO_ROOT / "dstutor").rglob("*.py")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def save_executed(run: ChapterRun, out_dir: Path, smoke: bool) -> Path:
+    """Write the executed chapter as out_dir/NN_topic.ipynb, stamped with its content hash."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run.notebook.metadata["dstutor_build"] = content_hash(run.path, smoke)
+    target = out_dir / f"{run.path.stem}.ipynb"
+    nbformat.write(run.notebook, target)
+    return target
+
+
+def is_current(chapter: Path, out_dir: Path, smoke: bool) -> bool:
+    """True when out_dir holds this chapter executed from its current text and package."""
+    target = out_dir / f"{chapter.stem}.ipynb"
+    return (target.exists() and
+            nbformat.read(target, as_version=4).metadata.get("dstutor_build") == content_hash(chapter, smoke))

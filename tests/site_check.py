@@ -1,0 +1,56 @@
+"""Load every page of a built book in headless Chromium and list what is wrong with each."""
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# sphinx-thebe and the book theme both declare this constant; harmless, on every page.
+KNOWN_ERRORS = ("Identifier 'THEBE_JS_URL' has already been declared",)
+
+
+@contextmanager
+def serve(site: Path):
+    """Serve the site on a free loopback port; yield its base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def check_page(browser, base: str, relative: str) -> list[str]:
+    """Problems of one page: outside requests, failed loads, JS errors, undrawn plots or widgets."""
+    problems: list[str] = []
+    page = browser.new_page()
+    page.on("request", lambda r: None if r.url.startswith(base) or r.url.startswith("data:")
+            else problems.append(f"request outside the site: {r.url}"))
+    page.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
+    page.on("pageerror", lambda e: None if any(k in str(e) for k in KNOWN_ERRORS)
+            else problems.append(f"uncaught JS error: {e}"))
+    page.goto(f"{base}/{relative}", wait_until="networkidle")
+    expected_plots = page.locator("div.plotly-graph-div").count()
+    drawn_plots = page.locator("div.plotly-graph-div .main-svg").count()
+    if expected_plots and not page.evaluate("typeof window.Plotly !== 'undefined'"):
+        problems.append("window.Plotly is undefined")
+    if drawn_plots < expected_plots:
+        problems.append(f"{expected_plots - drawn_plots} of {expected_plots} plotly figures not drawn")
+    expected_widgets = page.locator('script[type="application/vnd.jupyter.widget-view+json"]').count()
+    drawn_widgets = page.locator(".jupyter-widgets.widget-container, .jupyter-widgets.widget-inline-hbox").count()
+    if drawn_widgets < expected_widgets:
+        problems.append(f"{expected_widgets} widget views expected, {drawn_widgets} rendered")
+    page.close()
+    return [f"{relative}: {p}" for p in problems]

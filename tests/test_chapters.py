@@ -1,0 +1,88 @@
+"""dstutor.chapters: smoke injection, failure reports that name the cell, runtime records."""
+import math
+import textwrap
+
+import pytest
+
+from dstutor import chapters
+
+CHAPTER = textwrap.dedent('''\
+    ---
+    kernelspec: {{display_name: Python 3, language: python, name: python3}}
+    dstutor:
+      smoke: {{steps: 2}}
+    ---
+    # 99 · A test chapter
+
+    ```{{code-cell}} ipython3
+    :tags: [parameters]
+    steps = 100
+    ```
+
+    ```{{code-cell}} ipython3
+    import os
+    print(steps, os.environ["DSTUTOR_SMOKE"])
+    {extra}
+    ```
+    ''')
+
+
+def write_chapter(tmp_path, extra=""):
+    path = tmp_path / "99_test.md"
+    path.write_text(CHAPTER.format(extra=extra))
+    return path
+
+
+def test_smoke_overrides_follow_the_parameters_cell(tmp_path):
+    notebook = chapters.read_chapter(write_chapter(tmp_path), smoke=True)
+    tags = [cell.metadata.get("tags", []) for cell in notebook.cells if cell.cell_type == "code"]
+    assert tags[:2] == [["parameters"], ["injected-parameters"]]
+    assert "steps = 2" in notebook.cells[2].source
+    full = chapters.read_chapter(write_chapter(tmp_path), smoke=False)
+    assert len(full.cells) == len(notebook.cells) - 1
+
+
+def test_execute_runs_smoke_sizes_and_sets_the_flag(tmp_path):
+    run = chapters.execute_chapter(write_chapter(tmp_path), smoke=True, timeout=60)
+    assert run.notebook.cells[-1].outputs[0]["text"].strip() == "2 1"
+    assert run.seconds > 0
+
+
+def test_failure_names_the_cell_and_the_error(tmp_path):
+    with pytest.raises(chapters.ChapterError) as error:
+        chapters.execute_chapter(write_chapter(tmp_path, extra="1 / 0"), smoke=False, timeout=60)
+    message = str(error.value)
+    assert "99_test.md: code cell 2 raised" in message  # counted as a reader counts: code cells, from 1
+    assert "ZeroDivisionError: division by zero" in message and "1 / 0" in message
+
+
+def test_smoke_overrides_without_parameters_cell_is_an_error(tmp_path):
+    path = write_chapter(tmp_path)
+    path.write_text(path.read_text().replace(":tags: [parameters]\n", ""))
+    with pytest.raises(chapters.ChapterError, match="0 cells tagged 'parameters'"):
+        chapters.read_chapter(path, smoke=True)
+
+
+def test_runtimes_round_trip_and_note(tmp_path):
+    path = write_chapter(tmp_path)
+    runtimes = tmp_path / "runtimes.json"
+    table = chapters.chapter_runtimes(runtimes, directory=tmp_path)
+    assert math.isnan(table.loc["99", "CPU seconds"])
+    chapters.record_runtime(chapters.ChapterRun(path, None, 12.34), "cpu", runtimes)
+    chapters.record_runtime(chapters.ChapterRun(path, None, 3.0), "cuda", runtimes)
+    table = chapters.chapter_runtimes(runtimes, directory=tmp_path)
+    assert table.loc["99", "CPU seconds"] == 12.3 and table.loc["99", "GPU seconds"] == 3.0
+    assert table.loc["99", "title"] == "99 · A test chapter"
+
+
+def test_runtime_note_for_unknown_chapter_lists_the_chapters():
+    with pytest.raises(ValueError, match="no chapter numbered '77'"):
+        chapters.runtime_note("77")
+
+
+def test_content_hash_changes_with_text_and_mode(tmp_path):
+    path = write_chapter(tmp_path)
+    before = chapters.content_hash(path, smoke=True)
+    assert before != chapters.content_hash(path, smoke=False)
+    path.write_text(path.read_text() + "\n")
+    assert before != chapters.content_hash(path, smoke=True)

@@ -1,0 +1,34 @@
+"""The install lists agree: pyproject pins == environment.yml's pip list; no unpinned dependency."""
+import tomllib
+from pathlib import Path
+
+import yaml
+
+from dstutor.chapters import REPO_ROOT
+
+
+def pyproject_requirements() -> list[str]:
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    return project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
+
+
+def test_every_dependency_is_pinned_exactly():
+    loose = [d for d in pyproject_requirements() if "==" not in d]
+    assert not loose, f"unpinned dependencies in pyproject.toml: {loose}"
+
+
+def test_environment_yml_matches_pyproject():
+    conda = yaml.safe_load((REPO_ROOT / "environment.yml").read_text())
+    pip_lists = [entry["pip"] for entry in conda["dependencies"] if isinstance(entry, dict)]
+    assert len(pip_lists) == 1
+    assert sorted(pip_lists[0]) == sorted(pyproject_requirements())
+    assert "python=3.11" in conda["dependencies"]
+
+
+def test_npm_lock_names_no_download_hosts():
+    lock = (REPO_ROOT / "book" / "package-lock.json").read_text()
+    assert '"resolved"' not in lock
+
+
+def test_no_notebook_json_next_to_the_chapters():
+    assert not list(Path(REPO_ROOT / "notebooks").glob("*.ipynb"))

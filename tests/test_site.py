@@ -1,0 +1,52 @@
+"""The built book in a real browser: nothing loads from outside the site, no JS error, every plotly
+figure drawn, every widget rendered, every chapter present. Default: a site built from smoke runs."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dstutor.chapters import REPO_ROOT, chapter_paths
+from site_check import CHROMIUM, CHROMIUM_ARGS, check_page, serve
+
+pytestmark = pytest.mark.site
+
+
+@pytest.fixture(scope="module")
+def site(request) -> Path:
+    given = request.config.getoption("--site")
+    if given:
+        path = Path(given)
+        if not (path / "index.html").exists():
+            pytest.fail(f"no built book at {path}: run `make book` first")
+        return path
+    # Reuses the chapters the notebook tests executed (same content hash), so this mostly renders.
+    subprocess.run([sys.executable, str(REPO_ROOT / "book" / "build.py"), "--smoke"], check=True)
+    return REPO_ROOT / "build" / "smoke-book" / "_build" / "html"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found: `make check-site` installs Debian's chromium with apt")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def test_every_chapter_has_a_page(site):
+    missing = [p.stem for p in chapter_paths() if not (site / "chapters" / f"{p.stem}.html").exists()]
+    assert not missing, f"chapters missing from the site: {missing}"
+
+
+def test_pages_load_offline_and_draw_everything(site, browser):
+    pages = sorted(str(p.relative_to(site)) for p in site.rglob("*.html") if "_static" not in p.parts)
+    assert pages, f"no HTML pages under {site}"
+    with serve(site) as base:
+        problems = [problem for page in pages for problem in check_page(browser, base, page)]
+    assert not problems, "\n".join(problems)
