@@ -161,3 +161,12 @@ def build_attention(config: DeepSeekConfig, layer: int) -> nn.Module:
     if config.attention == "mla":
         return MultiHeadLatentAttention(config, layer)
     return MultiHeadAttention(config, layer)
+
+
+def kv_cache_bytes_per_token(config: DeepSeekConfig, bytes_per_element: float = 2.0) -> float:
+    """Cache bytes per token for one sequence, all layers (bf16 by default); equals KVCache.bytes_per_token."""
+    if config.attention == "mla":
+        per_layer = config.kv_lora_rank + config.qk_rope_head_dim
+    else:
+        per_layer = 2 * config.kv_heads * config.head_dim
+    return config.num_layers * per_layer * bytes_per_element

@@ -122,3 +122,22 @@ class DeepSeekMoE(nn.Module):
             error = self.pending_load.mean() - self.pending_load
             self.gate.e_score_correction_bias += gamma * error.sign()
         self.pending_load.zero_()
+
+
+@torch.no_grad()
+def routed_gates(model: nn.Module, input_ids: torch.Tensor) -> list[torch.Tensor]:
+    """For the first sequence, each MoE layer's gates as a dense (tokens, experts) matrix (0: not routed)."""
+    captured = []
+
+    def keep(router, inputs, output):
+        scores, experts, gates = output
+        captured.append(torch.zeros_like(scores).scatter_(1, experts, gates))
+
+    routers = [m.gate for m in model.model.layers.modules() if isinstance(m, DeepSeekMoE)]
+    handles = [router.register_forward_hook(keep) for router in routers]
+    try:
+        model(input_ids[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured

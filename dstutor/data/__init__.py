@@ -1,0 +1,1 @@
+"""Data engineering: corpora from pinned archives, cleaning, dedup, augmentation, mixing, tokenizer, packing."""

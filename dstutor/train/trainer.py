@@ -1,0 +1,151 @@
+"""`Trainer(...).fit(model, data)`: the one training loop every chapter uses, on CPU or GPU.
+
+Batches are LongTensors of token ids (batch, seq); the model computes its own shifted loss. The
+optimiser follows DeepSeek-V3 (§4.2): AdamW β=(0.9, 0.95), weight decay 0.1, gradient clipping 1.0.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from dstutor.env import choose_device
+from dstutor.train.schedules import lr_multiplier
+
+
+@dataclass
+class TrainConfig:
+    """How to train: steps, optimiser, schedule, precision, evaluation."""
+
+    steps: int = 200                 # optimiser steps
+    lr: float = 3e-3                 # peak learning rate (tiny models like 1e-3…1e-2)
+    schedule: str = "cosine"         # see dstutor.train.schedules.SCHEDULES
+    warmup_steps: int = 20           # linear warmup steps
+    min_lr_ratio: float = 0.1        # final lr as a fraction of the peak
+    weight_decay: float = 0.1        # AdamW decay on matrices (norms and biases are not decayed)
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas (V3)
+    grad_clip: float = 1.0           # max global gradient norm; 0 disables clipping
+    accumulation: int = 1            # micro-batches per optimiser step
+    eval_every: int = 50             # validate every N steps (and at the end); 0: only at the end
+    eval_batches: int = 20           # validation batches per evaluation
+    nonfinite: str = "stop"          # on a NaN/inf loss or gradient: "stop" (raise) or "skip" the step
+    device: str | None = None        # None: cuda > mps > cpu
+    precision: str = "auto"          # "auto" (bf16 on CUDA, fp32 elsewhere), "fp32", "bf16", "fp16"
+    seed: int = 0                    # seeds the model-independent randomness of the loop
+    progress: bool = True            # show a tqdm progress bar with tokens/s
+
+    def validate(self) -> None:
+        if self.steps < 1 or self.accumulation < 1:
+            raise ValueError(f"steps={self.steps} and accumulation={self.accumulation} must be ≥ 1")
+        if self.nonfinite not in ("stop", "skip"):
+            raise ValueError(f"nonfinite={self.nonfinite!r}: choose 'stop' or 'skip'")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision={self.precision!r}: choose auto, fp32, bf16 or fp16")
+        lr_multiplier(self.schedule, self.steps, self.warmup_steps)  # raises on a bad schedule
+
+
+class NonFiniteError(FloatingPointError):
+    """Training produced a NaN or infinite loss or gradient."""
+
+
+class Trainer:
+    """Trains a model that returns an object with `.loss` when called as model(ids, labels=ids)."""
+
+    def __init__(self, config: TrainConfig | None = None, **overrides):
+        self.config = TrainConfig(**{**(asdict(config) if config else {}), **overrides})
+        self.config.validate()
+        self.device = torch.device(self.config.device) if self.config.device else choose_device().device
+        self.history = pd.DataFrame()
+
+    def _autocast(self):
+        precision = self.config.precision
+        if precision == "auto":
+            precision = "bf16" if self.device.type == "cuda" else "fp32"
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """AdamW; matrices decay, vectors (norms, biases) do not."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": self.config.weight_decay},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=self.config.lr, betas=self.config.betas,
+                                 fused=self.device.type == "cuda")
+
+    def fit(self, model: nn.Module, train: Iterable[torch.Tensor],
+            val: Iterable[torch.Tensor] | None = None) -> pd.DataFrame:
+        """Train for config.steps optimiser steps; return (and keep in .history) one row per step."""
+        cfg = self.config
+        model.to(self.device).train()
+        optimizer = self.make_optimizer(model)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(
+            cfg.schedule, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
+        scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        batches = itertools.chain.from_iterable(itertools.repeat(train))  # loop over epochs
+        rows = []
+        bar = tqdm(total=cfg.steps, desc="training", disable=not cfg.progress, leave=False)
+        for step in range(cfg.steps):
+            start = time.perf_counter()
+            terms, tokens = {}, 0
+            for _ in range(cfg.accumulation):
+                ids = next(batches).to(self.device)
+                with self._autocast():
+                    out = model(ids, labels=ids)
+                scaler.scale(out.loss / cfg.accumulation).backward()
+                tokens += ids.numel()
+                for name in ("loss", "main_loss", "mtp_loss", "balance_loss"):
+                    value = getattr(out, name, None)
+                    if value is not None:
+                        terms[name] = terms.get(name, 0.0) + value.item() / cfg.accumulation
+                load = getattr(out, "expert_load", None)
+                if load is not None:
+                    terms["max_load_ratio"] = (load.max(-1).values / load.mean(-1)).mean().item()
+            scaler.unscale_(optimizer)
+            norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf).item()
+            if not (math.isfinite(terms["loss"]) and math.isfinite(norm)):
+                what = "loss" if not math.isfinite(terms["loss"]) else "gradient norm"
+                if cfg.nonfinite == "stop":
+                    bar.close()
+                    raise NonFiniteError(f"step {step}: {what} is {terms['loss'] if what == 'loss' else norm}; "
+                                         "lower the learning rate or use fp32, or set nonfinite='skip'")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.update()
+                continue
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if hasattr(model, "after_optimizer_step"):
+                model.after_optimizer_step()
+            row = {"step": step + 1, **terms, "lr": scheduler.get_last_lr()[0], "grad_norm": norm,
+                   "tokens_per_s": tokens / (time.perf_counter() - start)}
+            scheduler.step()
+            if val is not None and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps):
+                row.update(self.evaluate(model, val))
+                model.train()
+            rows.append(row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{terms['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
+        bar.close()
+        self.history = pd.DataFrame(rows)
+        return self.history
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, val: Iterable[torch.Tensor]) -> dict[str, float]:
+        """Mean next-token loss over up to eval_batches batches, and its perplexity."""
+        model.eval()
+        losses = []
+        for ids in itertools.islice(val, self.config.eval_batches):
+            ids = ids.to(self.device)
+            with self._autocast():
+                losses.append(model(ids, labels=ids).main_loss.item())
+        if not losses:
+            raise ValueError("the validation data yielded no batches")
+        loss = sum(losses) / len(losses)
+        return {"val_loss": loss, "val_ppl": math.exp(loss)}
