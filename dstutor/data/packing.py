@@ -38,8 +38,11 @@ def pack(dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerFast, block_si
 
 
 def block_loader(blocks: datasets.Dataset, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
-    """Batches of blocks as LongTensors (batch, block_size)."""
-    blocks = blocks.with_format("torch")
+    """Batches of blocks as LongTensors (batch, block_size); rows are read lazily from the Arrow table."""
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(blocks["input_ids"], batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      drop_last=shuffle)
+    return DataLoader(blocks.with_format("torch"), batch_size=batch_size, shuffle=shuffle, generator=generator,
+                      drop_last=shuffle, collate_fn=_stack_ids)
+
+
+def _stack_ids(rows: list[dict]) -> torch.Tensor:
+    return torch.stack([row["input_ids"] for row in rows])

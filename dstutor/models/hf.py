@@ -58,10 +58,12 @@ def from_hf_config(hf: DeepseekV3Config, **overrides) -> DeepSeekConfig:
         initializer_range=hf.initializer_range, **overrides)
 
 
-def to_hf(model: DeepSeekLM, attn_implementation: str = "eager") -> DeepseekV3ForCausalLM:
+def to_hf(model: DeepSeekLM, attn_implementation: str = "eager",
+          experts_implementation: str = "eager") -> DeepseekV3ForCausalLM:
     """A transformers DeepseekV3ForCausalLM holding this model's weights (MTP modules dropped)."""
     hf = DeepseekV3ForCausalLM._from_config(to_hf_config(model.config), attn_implementation=attn_implementation,
-                                            experts_implementation="eager", dtype=model.lm_head.weight.dtype)
+                                            experts_implementation=experts_implementation,
+                                            dtype=model.lm_head.weight.dtype)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("mtp.")}
     missing, unexpected = hf.load_state_dict(state, strict=False)
     # A model without shared experts has none; transformers builds zero-width ones that compute 0.

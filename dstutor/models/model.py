@@ -170,9 +170,11 @@ class DeepSeekLM(nn.Module):
 
 def _next_token_loss(logits: torch.Tensor, labels: torch.Tensor, shift: int) -> torch.Tensor:
     """Cross-entropy of logits[:, i] against labels[:, i + shift] (labels of -100 are ignored)."""
-    logits = logits[:, : labels.shape[1] - shift]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels[:, shift:].reshape(-1),
-                           ignore_index=-100)
+    # Shift the labels, not the logits: slicing the (large) logits would make autograd allocate and
+    # zero a full-size gradient buffer; the last `shift` positions get the ignore label instead.
+    targets = F.pad(labels[:, shift:], (0, shift), value=-100)
+    logits = logits[:, : labels.shape[1]]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_k: int | None,

@@ -34,7 +34,7 @@ def lr_multiplier(name: str, total_steps: int, warmup_steps: int = 0, min_ratio:
             return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * within))
         if step < decay_start:
             return 1.0
-        tail = min(1.0, (step - decay_start) / max(1, total_steps - decay_start))
+        tail = min(1.0, (step + 1 - decay_start) / max(1, total_steps - decay_start))  # last step: min_ratio
         if name == "wsd":
             return 1.0 - (1 - min_ratio) * tail
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * tail))  # deepseek_v3

@@ -27,7 +27,7 @@ class TrainConfig:
     steps: int = 200                 # optimiser steps
     lr: float = 3e-3                 # peak learning rate (tiny models like 1e-3…1e-2)
     schedule: str = "cosine"         # see dstutor.train.schedules.SCHEDULES
-    warmup_steps: int = 20           # linear warmup steps
+    warmup_steps: int | None = None  # linear warmup steps; None: 10 % of steps, at most 100
     min_lr_ratio: float = 0.1        # final lr as a fraction of the peak
     weight_decay: float = 0.1        # AdamW decay on matrices (norms and biases are not decayed)
     betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas (V3)
@@ -40,6 +40,10 @@ class TrainConfig:
     precision: str = "auto"          # "auto" (bf16 on CUDA, fp32 elsewhere), "fp32", "bf16", "fp16"
     seed: int = 0                    # seeds the model-independent randomness of the loop
     progress: bool = True            # show a tqdm progress bar with tokens/s
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps is None:
+            self.warmup_steps = min(100, self.steps // 10)
 
     def validate(self) -> None:
         if self.steps < 1 or self.accumulation < 1:
