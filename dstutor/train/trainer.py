@@ -62,8 +62,9 @@ class NonFiniteError(FloatingPointError):
 class Trainer:
     """Trains a model that returns an object with `.loss` when called as model(ids, labels=ids)."""
 
-    def __init__(self, config: TrainConfig | None = None, **overrides):
+    def __init__(self, config: TrainConfig | None = None, callbacks: list | None = None, **overrides):
         self.config = TrainConfig(**{**(asdict(config) if config else {}), **overrides})
+        self.callbacks = callbacks or []  # each called as callback(trainer, model, row) after every step
         self.config.validate()
         self.device = torch.device(self.config.device) if self.config.device else choose_device().device
         self.history = pd.DataFrame()
@@ -134,6 +135,8 @@ class Trainer:
                 row.update(self.evaluate(model, val))
                 model.train()
             rows.append(row)
+            for callback in self.callbacks:
+                callback(self, model, row)
             bar.update(1)
             bar.set_postfix(loss=f"{terms['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
         bar.close()
