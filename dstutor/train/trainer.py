@@ -6,10 +6,12 @@ optimiser follows DeepSeek-V3 (§4.2): AdamW β=(0.9, 0.95), weight decay 0.1, g
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -17,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dstutor.env import choose_device
+from dstutor.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from dstutor.train.schedules import lr_multiplier
 
 
@@ -40,6 +43,8 @@ class TrainConfig:
     precision: str = "auto"          # "auto" (bf16 on CUDA, fp32 elsewhere), "fp32", "bf16", "fp16"
     seed: int = 0                    # seeds the model-independent randomness of the loop
     progress: bool = True            # show a tqdm progress bar with tokens/s
+    save_every: int = 0              # steps between checkpoints (needs fit(checkpoint_dir=...)); 0: only at the end
+    keep_last: int = 2               # checkpoints kept on disk (older ones are deleted)
 
     def __post_init__(self) -> None:
         if self.warmup_steps is None:
@@ -84,9 +89,13 @@ class Trainer:
         return torch.optim.AdamW(groups, lr=self.config.lr, betas=self.config.betas,
                                  fused=self.device.type == "cuda")
 
-    def fit(self, model: nn.Module, train: Iterable[torch.Tensor],
-            val: Iterable[torch.Tensor] | None = None) -> pd.DataFrame:
-        """Train for config.steps optimiser steps; return (and keep in .history) one row per step."""
+    def fit(self, model: nn.Module, train: Iterable[torch.Tensor], val: Iterable[torch.Tensor] | None = None,
+            checkpoint_dir: str | Path | None = None, resume: bool = False) -> pd.DataFrame:
+        """Train for config.steps optimiser steps; return (and keep in .history) one row per step.
+
+        With checkpoint_dir, checkpoints are written every config.save_every steps and at the end;
+        resume=True continues from the newest one exactly (same batches, same random numbers).
+        """
         cfg = self.config
         model.to(self.device).train()
         optimizer = self.make_optimizer(model)
@@ -94,13 +103,23 @@ class Trainer:
             cfg.schedule, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
         scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         batches = itertools.chain.from_iterable(itertools.repeat(train))  # loop over epochs
-        rows = []
-        bar = tqdm(total=cfg.steps, desc="training", disable=not cfg.progress, leave=False)
-        for step in range(cfg.steps):
+        rows, start, consumed = [], 0, 0
+        latest = latest_checkpoint(Path(checkpoint_dir)) if resume and checkpoint_dir else None
+        if resume and checkpoint_dir is None:
+            raise ValueError("resume=True needs checkpoint_dir")
+        if latest is not None:
+            consumed = json.loads((latest / "state.json").read_text())["batches_consumed"]
+            for _ in range(consumed):  # replay the data order first; the RNG state is restored after
+                next(batches)
+            state = load_checkpoint(latest, model, optimizer, scheduler, scaler)
+            rows, start = state["history"], state["step"]
+        bar = tqdm(total=cfg.steps, initial=start, desc="training", disable=not cfg.progress, leave=False)
+        for step in range(start, cfg.steps):
             start = time.perf_counter()
             terms, tokens = {}, 0
             for _ in range(cfg.accumulation):
                 ids = next(batches).to(self.device)
+                consumed += 1
                 with self._autocast():
                     out = model(ids, labels=ids)
                 scaler.scale(out.loss / cfg.accumulation).backward()
@@ -139,6 +158,9 @@ class Trainer:
                 callback(self, model, row)
             bar.update(1)
             bar.set_postfix(loss=f"{terms['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
+            if checkpoint_dir and ((cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps):
+                save_checkpoint(Path(checkpoint_dir), step + 1, model, optimizer, scheduler, scaler,
+                                {"history": rows, "batches_consumed": consumed}, cfg.keep_last)
         bar.close()
         self.history = pd.DataFrame(rows)
         return self.history

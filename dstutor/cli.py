@@ -1,0 +1,67 @@
+"""`dstutor` on the command line, for runs outside notebooks.
+
+    dstutor pretrain --preset nano --steps 2000 --out runs/nano [--resume]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def pretrain(args: argparse.Namespace) -> int:
+    """Pretrain a preset on the course corpus with checkpoints; write a transformers checkpoint at the end."""
+    from dstutor import zoo
+    from dstutor.data.packing import block_loader
+    from dstutor.env import choose_device, seed_everything
+    from dstutor.models import DeepSeekConfig, DeepSeekLM
+    from dstutor.models.hf import save_pretrained
+    from dstutor.train import TrainConfig, Trainer
+
+    out = Path(args.out)
+    checkpoints = out / "checkpoints"
+    if checkpoints.exists() and any(checkpoints.iterdir()) and not args.resume:
+        print(f"error: {checkpoints} already holds checkpoints; pass --resume to continue, or choose another --out",
+              file=sys.stderr)
+        return 2
+    config = DeepSeekConfig.preset(args.preset)
+    seed_everything(args.seed)
+    model = DeepSeekLM(config)
+    train_blocks, val_blocks = zoo.course_blocks(config.vocab_size, args.block_size)
+    trainer = Trainer(TrainConfig(steps=args.steps, lr=args.lr, save_every=args.save_every, seed=args.seed,
+                                  eval_every=args.eval_every, progress=not args.quiet))
+    print(f"pretraining {args.preset} ({sum(p.numel() for p in model.parameters()):,} parameters) on "
+          f"{choose_device()} for {args.steps} steps → {out}", flush=True)
+    history = trainer.fit(model, block_loader(train_blocks, args.batch_size, shuffle=True, seed=args.seed),
+                          block_loader(val_blocks, args.batch_size, shuffle=False),
+                          checkpoint_dir=checkpoints, resume=args.resume)
+    history.to_csv(out / "history.csv", index=False)
+    save_pretrained(model.cpu(), out / "model")
+    zoo.course_tokenizer(config.vocab_size).save_pretrained(out / "model")
+    last = history.dropna(subset=["val_loss"]).iloc[-1]
+    print(f"done: step {int(last.step)}, validation loss {last.val_loss:.3f} (perplexity {last.val_ppl:.1f}); "
+          f"model and tokenizer in {out / 'model'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dstutor", description="dstutor: train DeepSeek-style models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("pretrain", help="pretrain a model preset on the course corpus")
+    p.add_argument("--preset", choices=["nano", "micro", "small"], default="nano", help="model size")
+    p.add_argument("--steps", type=int, required=True, help="optimiser steps in total")
+    p.add_argument("--out", required=True, help="run folder: checkpoints/, history.csv, model/")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per step")
+    p.add_argument("--block-size", type=int, default=128, help="tokens per sequence")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    p.add_argument("--save-every", type=int, default=100, help="steps between checkpoints")
+    p.add_argument("--eval-every", type=int, default=100, help="steps between validations")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    return {"pretrain": pretrain}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
