@@ -73,17 +73,20 @@ def read_chapter(path: Path, smoke: bool) -> nbformat.NotebookNode:
 
 
 @contextlib.contextmanager
-def _smoke_env(smoke: bool):
-    # The kernel inherits this process's environment, so DSTUTOR_SMOKE reaches dstutor inside it.
-    previous = os.environ.get("DSTUTOR_SMOKE")
-    os.environ["DSTUTOR_SMOKE"] = "1" if smoke else "0"
+def _kernel_env(smoke: bool):
+    # The kernel inherits this process's environment: DSTUTOR_SMOKE reaches dstutor inside it, and
+    # the inline backend makes plt.show() store figures (an inherited MPLBACKEND=Agg would drop them).
+    wanted = {"DSTUTOR_SMOKE": "1" if smoke else "0", "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    previous = {key: os.environ.get(key) for key in wanted}
+    os.environ.update(wanted)
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop("DSTUTOR_SMOKE", None)
-        else:
-            os.environ["DSTUTOR_SMOKE"] = previous
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def execute_chapter(path: Path, smoke: bool, timeout: int = 900) -> ChapterRun:
@@ -98,7 +101,7 @@ def execute_chapter(path: Path, smoke: bool, timeout: int = 900) -> ChapterRun:
                             resources={"metadata": {"path": str(path.parent)}},
                             on_cell_start=remember)
     start = time.perf_counter()
-    with _smoke_env(smoke):
+    with _kernel_env(smoke):
         try:
             client.execute()
         except (CellExecutionError, CellTimeoutError, DeadKernelError) as error:
@@ -111,6 +114,22 @@ def execute_chapter(path: Path, smoke: bool, timeout: int = 900) -> ChapterRun:
             raise ChapterError(f"{path.name}: code cell {number} {kind}\n--- cell source ---\n{source}\n"
                                f"--- error ---\n{report}") from None
     return ChapterRun(path, notebook, time.perf_counter() - start)
+
+
+FIGURE_CALLS = ("plt.show()", "show_heatmaps(")
+
+
+def missing_figures(notebook: nbformat.NotebookNode) -> list[int]:
+    """Numbers (from 1) of code cells that draw a matplotlib figure but stored no image."""
+    missing, number = [], 0
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        number += 1
+        draws = any(call in cell.source for call in FIGURE_CALLS)
+        if draws and not any("image/png" in out.get("data", {}) for out in cell.get("outputs", [])):
+            missing.append(number)
+    return missing
 
 
 def record_runtime(run: ChapterRun, device: str, runtimes_file: Path = RUNTIMES_FILE) -> None:

@@ -56,6 +56,15 @@ def test_failure_names_the_cell_and_the_error(tmp_path):
     assert "ZeroDivisionError: division by zero" in message and "1 / 0" in message
 
 
+def test_figures_are_stored_even_under_an_agg_backend(tmp_path, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")  # what a headless shell or CI often sets
+    path = write_chapter(tmp_path, extra="import matplotlib.pyplot as plt\nplt.plot([1, 2]); plt.show()")
+    run = chapters.execute_chapter(path, smoke=False, timeout=60)
+    assert chapters.missing_figures(run.notebook) == []
+    run.notebook.cells[-1].outputs = []
+    assert chapters.missing_figures(run.notebook) == [2]
+
+
 def test_smoke_overrides_without_parameters_cell_is_an_error(tmp_path):
     path = write_chapter(tmp_path)
     path.write_text(path.read_text().replace(":tags: [parameters]\n", ""))

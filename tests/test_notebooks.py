@@ -4,7 +4,7 @@ Executed chapters are saved where `book/build.py --smoke` looks, so the site tes
 """
 import pytest
 
-from dstutor.chapters import REPO_ROOT, ChapterError, chapter_paths, execute_chapter, save_executed
+from dstutor.chapters import REPO_ROOT, ChapterError, chapter_paths, execute_chapter, missing_figures, save_executed
 
 SMOKE_BOOK_CHAPTERS = REPO_ROOT / "build" / "smoke-book" / "chapters"
 
@@ -20,4 +20,5 @@ def test_chapter_runs_in_smoke_mode(chapter):
         run = execute_chapter(chapter, smoke=True, timeout=600)
     except ChapterError as error:
         pytest.fail(str(error), pytrace=False)
+    assert not missing_figures(run.notebook), f"code cells {missing_figures(run.notebook)} drew no figure"
     save_executed(run, SMOKE_BOOK_CHAPTERS, smoke=True)

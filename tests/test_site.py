@@ -41,7 +41,7 @@ def browser():
 
 def test_every_chapter_has_a_page(site):
     missing = [p.stem for p in chapter_paths() if not (site / "chapters" / f"{p.stem}.html").exists()]
-    assert not missing, f"chapters missing from the site: {missing}"
+    assert not missing, f"chapters missing from the site {site}: {missing} (a stale build? run `make book`)"
 
 
 def test_pages_load_offline_and_draw_everything(site, browser):
