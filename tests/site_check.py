@@ -7,11 +7,15 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 # sphinx-thebe and the book theme both declare this constant; harmless, on every page.
 KNOWN_ERRORS = ("Identifier 'THEBE_JS_URL' has already been declared",)
+WIDGET_VIEWS = ".jupyter-widgets.widget-container, .jupyter-widgets.widget-inline-hbox"
+WIDGET_TIMEOUT_MS = 20_000
 
 
 @contextmanager
@@ -49,7 +53,13 @@ def check_page(browser, base: str, relative: str) -> list[str]:
     if drawn_plots < expected_plots:
         problems.append(f"{expected_plots - drawn_plots} of {expected_plots} plotly figures not drawn")
     expected_widgets = page.locator('script[type="application/vnd.jupyter.widget-view+json"]').count()
-    drawn_widgets = page.locator(".jupyter-widgets.widget-container, .jupyter-widgets.widget-inline-hbox").count()
+    if expected_widgets:  # the manager renders after the page settles: wait for it, within reason
+        try:
+            page.wait_for_function(f"document.querySelectorAll('{WIDGET_VIEWS}').length >= {expected_widgets}",
+                                   timeout=WIDGET_TIMEOUT_MS)
+        except PlaywrightTimeout:
+            pass  # reported just below with the counts
+    drawn_widgets = page.locator(WIDGET_VIEWS).count()
     if drawn_widgets < expected_widgets:
         problems.append(f"{expected_widgets} widget views expected, {drawn_widgets} rendered")
     page.close()

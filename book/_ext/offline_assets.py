@@ -43,8 +43,27 @@ def copy_assets(app, config) -> None:
         shutil.copy2(Path(__file__).parent / ours, VENDOR)
 
 
+def place_fonts_beside_pages(app, exception) -> None:
+    """Also put the widget fonts at `<page folder>/@jupyter-widgets/`.
+
+    widgets_setup.js points require.js at the vendored manager, but now and then (a race we have
+    not pinned down) a widget bundle still asks for its icon fonts relative to the page; serving
+    them there too keeps every page free of failed requests.
+    """
+    if exception is not None:
+        return
+    out = Path(app.outdir)
+    fonts = [f for f in WIDGETS_DIST.iterdir() if f.suffix in FONT_SUFFIXES]
+    for folder in {page.parent for page in out.rglob("*.html") if "_static" not in page.parts}:
+        target = folder / "@jupyter-widgets"
+        target.mkdir(exist_ok=True)
+        for font in fonts:
+            shutil.copy2(font, target)
+
+
 def setup(app):
     app.connect("config-inited", copy_assets, priority=100)  # before Sphinx checks html_static_path
+    app.connect("build-finished", place_fonts_beside_pages)
     # priority < 500 loads plotly before require.js: loaded after, plotly registers as an AMD module
     # instead of defining window.Plotly, and the figures' inline scripts find nothing to call.
     app.add_js_file("plotly.min.js", priority=200)

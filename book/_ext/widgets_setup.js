@@ -6,10 +6,11 @@
   var here = document.currentScript.src;
   var folder = here.slice(0, here.lastIndexOf("/"));
   require.config({
+    // The longest matching prefix wins: the manager's own path, then every other widget module
+    // (base, controls, output, …) so that none of them resolves relative to the page.
     paths: {
       "@jupyter-widgets/html-manager/dist": folder,
-      "@jupyter-widgets/base": folder + "/base",
-      "@jupyter-widgets/controls": folder + "/controls",
+      "@jupyter-widgets": folder,
     },
   });
 })();
