@@ -12,11 +12,10 @@ from pathlib import Path
 def pretrain(args: argparse.Namespace) -> int:
     """Pretrain a preset on the course corpus with checkpoints; write a transformers checkpoint at the end."""
     from dstutor import zoo
-    from dstutor.data.packing import block_loader
     from dstutor.env import choose_device, seed_everything
     from dstutor.models import DeepSeekConfig, DeepSeekLM
     from dstutor.models.hf import save_pretrained
-    from dstutor.train import TrainConfig, Trainer
+    from dstutor.train import TrainConfig, fit_on_blocks
 
     out = Path(args.out)
     checkpoints = out / "checkpoints"
@@ -28,13 +27,12 @@ def pretrain(args: argparse.Namespace) -> int:
     seed_everything(args.seed)
     model = DeepSeekLM(config)
     train_blocks, val_blocks = zoo.course_blocks(config.vocab_size, args.block_size)
-    trainer = Trainer(TrainConfig(steps=args.steps, lr=args.lr, save_every=args.save_every, seed=args.seed,
-                                  eval_every=args.eval_every, progress=not args.quiet))
+    train = TrainConfig(steps=args.steps, lr=args.lr, save_every=args.save_every, seed=args.seed,
+                        eval_every=args.eval_every, progress=not args.quiet)
     print(f"pretraining {args.preset} ({sum(p.numel() for p in model.parameters()):,} parameters) on "
           f"{choose_device()} for {args.steps} steps → {out}", flush=True)
-    history = trainer.fit(model, block_loader(train_blocks, args.batch_size, shuffle=True, seed=args.seed),
-                          block_loader(val_blocks, args.batch_size, shuffle=False),
-                          checkpoint_dir=checkpoints, resume=args.resume)
+    history = fit_on_blocks(model, train, train_blocks, val_blocks, args.batch_size,
+                            checkpoint_dir=checkpoints, resume=args.resume)
     history.to_csv(out / "history.csv", index=False)
     save_pretrained(model.cpu(), out / "model")
     zoo.course_tokenizer(config.vocab_size).save_pretrained(out / "model")

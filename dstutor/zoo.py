@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import datasets
-import torch
+import pandas as pd
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerFast
 
@@ -20,7 +20,7 @@ from dstutor.data.sources import load_corpus
 from dstutor.data.tokenizer import train_tokenizer
 from dstutor.env import cache_dir, seed_everything
 from dstutor.models import DeepSeekConfig, DeepSeekLM
-from dstutor.train import TrainConfig, Trainer
+from dstutor.train import TrainConfig, fit_on_blocks
 
 ZOO_VERSION = 1  # bump when a recipe changes in a way its key does not capture
 # The pretraining mix: English literature, Chinese reviews and poems, idioms and Python code.
@@ -60,12 +60,8 @@ def course_blocks(vocab_size: int = 4096, block_size: int = 128,
 
 
 def pretrained(config: DeepSeekConfig, train: TrainConfig, batch_size: int = 16,
-               block_size: int = 128) -> tuple[DeepSeekLM, "pd.DataFrame"]:
+               block_size: int = 128) -> tuple[DeepSeekLM, pd.DataFrame]:
     """A DeepSeekLM pretrained on the course corpus with this recipe, and its training history (cached)."""
-    import pandas as pd
-
-    from dstutor.data.packing import block_loader
-
     recipe = {"model": asdict(config), "train": asdict(train), "batch": batch_size, "block": block_size}
     folder = cache_dir() / "zoo" / f"model-{_key(recipe)}"
     seed_everything(train.seed)
@@ -74,9 +70,7 @@ def pretrained(config: DeepSeekConfig, train: TrainConfig, batch_size: int = 16,
         model.load_state_dict(load_file(folder / "model.safetensors"))
         return model.eval(), pd.read_csv(folder / "history.csv")
     train_blocks, val_blocks = course_blocks(config.vocab_size, block_size)
-    trainer = Trainer(train)
-    history = trainer.fit(model, block_loader(train_blocks, batch_size, shuffle=True, seed=train.seed),
-                          block_loader(val_blocks, batch_size, shuffle=False))
+    history = fit_on_blocks(model, train, train_blocks, val_blocks, batch_size)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
               folder / "model.safetensors")
@@ -85,7 +79,7 @@ def pretrained(config: DeepSeekConfig, train: TrainConfig, batch_size: int = 16,
     return model.cpu().eval(), history
 
 
-def pretrained_nano(steps: int, seed: int = 0) -> tuple[DeepSeekLM, "pd.DataFrame"]:
+def pretrained_nano(steps: int, seed: int = 0) -> tuple[DeepSeekLM, pd.DataFrame]:
     """The course's nano DeepSeek model after `steps` pretraining steps (chapters 03–04 share it)."""
     config = DeepSeekConfig.preset("nano")
     train = TrainConfig(steps=steps, lr=3e-3, warmup_steps=min(20, steps // 10), eval_every=max(1, steps // 10),

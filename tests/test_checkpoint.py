@@ -21,7 +21,7 @@ def test_resume_continues_exactly(tmp_path):
     full = Trainer(**COMMON).fit(reference, pattern_batches(3), pattern_batches(1))
 
     interrupted = tiny_model()
-    Trainer(**{**COMMON, "steps": 8}).fit(interrupted, pattern_batches(3), pattern_batches(1), checkpoint_dir=tmp_path)
+    Trainer(**COMMON).fit(interrupted, pattern_batches(3), pattern_batches(1), checkpoint_dir=tmp_path)
     for newer in sorted(tmp_path.glob("step-*"))[1:]:  # pretend the run died after step 6
         for f in newer.iterdir():
             f.unlink()
@@ -83,7 +83,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     subprocess.run(cli(tmp_path / "killed", "--resume"), check=True, capture_output=True)
     straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "killed")
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
-    assert (tmp_path / "killed" / "history.csv").read_text() .splitlines()[-1].split(",")[:2] == \
+    assert (tmp_path / "killed" / "history.csv").read_text().splitlines()[-1].split(",")[:2] == \
         (tmp_path / "straight" / "history.csv").read_text().splitlines()[-1].split(",")[:2]
     assert (tmp_path / "killed" / "model" / "model.safetensors").exists()  # a transformers checkpoint
 

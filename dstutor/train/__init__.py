@@ -1,6 +1,6 @@
 """Training: the Trainer loop, learning-rate schedules."""
 from dstutor.train.schedules import SCHEDULES, lr_multiplier
 from dstutor.train.trainer import NonFiniteError, TrainConfig, Trainer
-from dstutor.train.sweep import final_rows, run_variants
+from dstutor.train.sweep import final_rows, fit_on_blocks, run_variants
 
-__all__ = ["Trainer", "TrainConfig", "NonFiniteError", "lr_multiplier", "SCHEDULES", "run_variants", "final_rows"]
+__all__ = ["Trainer", "TrainConfig", "NonFiniteError", "lr_multiplier", "SCHEDULES", "run_variants", "final_rows", "fit_on_blocks"]

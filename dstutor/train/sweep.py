@@ -13,6 +13,13 @@ from dstutor.models import DeepSeekConfig, DeepSeekLM
 from dstutor.train.trainer import TrainConfig, Trainer
 
 
+def fit_on_blocks(model: DeepSeekLM, train: TrainConfig, train_blocks: datasets.Dataset,
+                  val_blocks: datasets.Dataset, batch_size: int, **fit_options) -> pd.DataFrame:
+    """Train on packed blocks (shuffled by train.seed) with validation on val_blocks; the history."""
+    return Trainer(train).fit(model, block_loader(train_blocks, batch_size, shuffle=True, seed=train.seed),
+                              block_loader(val_blocks, batch_size, shuffle=False), **fit_options)
+
+
 def run_variants(variants: Mapping[str, DeepSeekConfig], train: TrainConfig, train_blocks: datasets.Dataset,
                  val_blocks: datasets.Dataset, batch_size: int) -> pd.DataFrame:
     """One history per variant (same seed, same batches), stacked with `variant` and `seconds` columns."""
@@ -21,8 +28,7 @@ def run_variants(variants: Mapping[str, DeepSeekConfig], train: TrainConfig, tra
         seed_everything(train.seed)
         model = DeepSeekLM(config)
         start = time.perf_counter()
-        history = Trainer(train).fit(model, block_loader(train_blocks, batch_size, shuffle=True, seed=train.seed),
-                                     block_loader(val_blocks, batch_size, shuffle=False))
+        history = fit_on_blocks(model, train, train_blocks, val_blocks, batch_size)
         frames.append(history.assign(variant=name, seconds=time.perf_counter() - start))
         print(f"{name}: final val loss {history['val_loss'].iloc[-1]:.3f} "
               f"in {time.perf_counter() - start:.0f} s")

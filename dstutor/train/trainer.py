@@ -103,19 +103,19 @@ class Trainer:
             cfg.schedule, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
         scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         batches = itertools.chain.from_iterable(itertools.repeat(train))  # loop over epochs
-        rows, start, consumed = [], 0, 0
-        latest = latest_checkpoint(Path(checkpoint_dir)) if resume and checkpoint_dir else None
         if resume and checkpoint_dir is None:
             raise ValueError("resume=True needs checkpoint_dir")
+        rows, first_step, consumed = [], 0, 0
+        latest = latest_checkpoint(Path(checkpoint_dir)) if resume else None
         if latest is not None:
             consumed = json.loads((latest / "state.json").read_text())["batches_consumed"]
             for _ in range(consumed):  # replay the data order first; the RNG state is restored after
                 next(batches)
             state = load_checkpoint(latest, model, optimizer, scheduler, scaler)
-            rows, start = state["history"], state["step"]
-        bar = tqdm(total=cfg.steps, initial=start, desc="training", disable=not cfg.progress, leave=False)
-        for step in range(start, cfg.steps):
-            start = time.perf_counter()
+            rows, first_step = state["history"], state["step"]
+        bar = tqdm(total=cfg.steps, initial=first_step, desc="training", disable=not cfg.progress, leave=False)
+        for step in range(first_step, cfg.steps):
+            began = time.perf_counter()
             terms, tokens = {}, 0
             for _ in range(cfg.accumulation):
                 ids = next(batches).to(self.device)
@@ -148,7 +148,7 @@ class Trainer:
             if hasattr(model, "after_optimizer_step"):
                 model.after_optimizer_step()
             row = {"step": step + 1, **terms, "lr": scheduler.get_last_lr()[0], "grad_norm": norm,
-                   "tokens_per_s": tokens / (time.perf_counter() - start)}
+                   "tokens_per_s": tokens / (time.perf_counter() - began)}
             scheduler.step()
             if val is not None and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps):
                 row.update(self.evaluate(model, val))
