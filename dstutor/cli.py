@@ -1,21 +1,26 @@
 """`dstutor` on the command line, for runs outside notebooks.
 
     dstutor pretrain --preset nano --steps 2000 --out runs/nano [--resume]
+    torchrun --nproc_per_node=2 -m dstutor.cli pretrain --distributed fsdp --preset nano --steps 200 --out runs/fsdp
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 
 def pretrain(args: argparse.Namespace) -> int:
     """Pretrain a preset on the course corpus with checkpoints; write a transformers checkpoint at the end."""
+    import torch
+
     from dstutor import zoo
     from dstutor.env import choose_device, seed_everything
     from dstutor.models import DeepSeekConfig, DeepSeekLM
     from dstutor.models.hf import save_pretrained
     from dstutor.train import TrainConfig, fit_on_blocks
+    from dstutor.train.distributed import full_model_state
 
     out = Path(args.out)
     checkpoints = out / "checkpoints"
@@ -28,11 +33,20 @@ def pretrain(args: argparse.Namespace) -> int:
     model = DeepSeekLM(config)
     train_blocks, val_blocks = zoo.course_blocks(config.vocab_size, args.block_size)
     train = TrainConfig(steps=args.steps, lr=args.lr, save_every=args.save_every, seed=args.seed,
-                        eval_every=args.eval_every, progress=not args.quiet)
-    print(f"pretraining {args.preset} ({sum(p.numel() for p in model.parameters()):,} parameters) on "
+                        eval_every=args.eval_every, progress=not args.quiet, distributed=args.distributed)
+    main_process = os.environ.get("RANK", "0") == "0"
+    if main_process:
+        print(f"pretraining {args.preset} ({sum(p.numel() for p in model.parameters()):,} parameters) on "
           f"{choose_device()} for {args.steps} steps → {out}", flush=True)
     history = fit_on_blocks(model, train, train_blocks, val_blocks, args.batch_size,
                             checkpoint_dir=checkpoints, resume=args.resume)
+    if args.distributed:
+        model_state = full_model_state(model)  # collective: every rank takes part
+        torch.distributed.destroy_process_group()
+        if not main_process:
+            return 0
+        model = DeepSeekLM(config)
+        model.load_state_dict(model_state)
     history.to_csv(out / "history.csv", index=False)
     save_pretrained(model.cpu(), out / "model")
     zoo.course_tokenizer(config.vocab_size).save_pretrained(out / "model")
@@ -56,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save-every", type=int, default=100, help="steps between checkpoints")
     p.add_argument("--eval-every", type=int, default=100, help="steps between validations")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--distributed", choices=["ddp", "fsdp"], default=None,
+                   help="data parallel over the processes that torchrun starts")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     return {"pretrain": pretrain}[args.command](args)

@@ -45,6 +45,8 @@ class DeepSeekConfig:
     rope_interleave: bool = True     # rotate (x0,x1),(x2,x3)… pairs as DeepSeek does; False: halves
     rms_norm_eps: float = 1e-6       # RMSNorm epsilon
     initializer_range: float = 0.02  # std of the normal weight init
+    dropout: float = 0.0             # dropout on embeddings and on each sublayer's output (training only)
+    layer_drop: float = 0.0          # probability that a training step skips a whole decoder layer (LayerDrop)
 
     PRESETS = {
         "nano": {},
@@ -99,6 +101,9 @@ class DeepSeekConfig:
                       "routed_scaling_factor", "rms_norm_eps", "initializer_range", "rope_theta"):
             if getattr(self, field) < 0:
                 bad(field, "must be ≥ 0")
+        for field in ("dropout", "layer_drop"):
+            if not 0 <= getattr(self, field) < 1:
+                bad(field, "must be a probability in [0, 1)")
         if self.q_lora_rank is not None and (not isinstance(self.q_lora_rank, int) or self.q_lora_rank <= 0):
             bad("q_lora_rank", "must be None (no query compression) or a positive integer")
         if self.attention not in ATTENTION_KINDS:

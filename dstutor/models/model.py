@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from dstutor.models.attention import KVCache, build_attention
 from dstutor.models.config import DeepSeekConfig
@@ -39,16 +40,17 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.is_moe = config.is_moe_layer(index)
         self.mlp = DeepSeekMoE(config) if self.is_moe else SwiGLU(config.hidden_size, config.intermediate_size)
+        self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, rope, cache=None, need_weights=False, absorb=False):
         attn_kwargs = {"absorb": absorb} if absorb else {}
         h, weights = self.self_attn(self.input_layernorm(x), rope, cache, need_weights, **attn_kwargs)
-        x = x + h
+        x = x + self.dropout(h)
         if self.is_moe:
             h, balance, load = self.mlp(self.post_attention_layernorm(x))
         else:
             h, balance, load = self.mlp(self.post_attention_layernorm(x)), None, None
-        return x + h, weights, balance, load
+        return x + self.dropout(h), weights, balance, load
 
 
 class MTPModule(nn.Module):
@@ -81,6 +83,8 @@ class DeepSeekLM(nn.Module):
         self.config = config
         self.model = DeepSeekBackbone(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.embed_dropout = nn.Dropout(config.dropout)
+        self.gradient_checkpointing = False  # recompute each layer in backward instead of storing activations
         # MTP modules share the embedding and output head with the main model (V3 §2.2).
         self.mtp = nn.ModuleList(MTPModule(config, config.num_layers + d) for d in range(config.mtp_depth))
         self.apply(self._init_weights)
@@ -95,6 +99,10 @@ class DeepSeekLM(nn.Module):
         elif hasattr(module, "e_score_correction_bias"):  # router
             nn.init.normal_(module.weight, std=std)
 
+    def gradient_checkpointing_enable(self) -> None:
+        """Trade compute for memory: keep only layer inputs, recompute the rest during backward."""
+        self.gradient_checkpointing = True
+
     def _rope(self, layer: nn.Module, start: int, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         if start + length > self.config.max_position_embeddings:
             raise ValueError(f"sequence of {start + length} tokens exceeds max_position_embeddings="
@@ -103,16 +111,25 @@ class DeepSeekLM(nn.Module):
         return rope_angles(positions, layer.self_attn.rope_dim, self.config.rope_theta)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, cache: KVCache | None = None,
-                need_weights: bool = False, absorb: bool = False) -> LMOutput:
-        """Logits for input_ids (batch, seq); with labels (usually input_ids; -100 ignored), the losses."""
+                need_weights: bool = False, absorb: bool = False, label_smoothing: float = 0.0) -> LMOutput:
+        """Logits for input_ids (batch, seq); with labels (usually input_ids; -100 ignored), the losses.
+
+        label_smoothing mixes the one-hot targets of the main loss with a uniform distribution.
+        """
         if absorb and self.config.attention != "mla":
             raise ValueError(f"absorb=True is an MLA inference path; this model uses {self.config.attention!r}")
         start = len(cache) if cache is not None else 0
-        x = self.model.embed_tokens(input_ids)
+        x = self.embed_dropout(self.model.embed_tokens(input_ids))
         rope = self._rope(self.model.layers[0], start, input_ids.shape[1], input_ids.device)
         attentions, balances, loads = [], [], []
         for layer in self.model.layers:
-            x, weights, balance, load = layer(x, rope, cache, need_weights, absorb)
+            if self.training and self.config.layer_drop and torch.rand(()) < self.config.layer_drop:
+                continue  # LayerDrop: the residual stream passes through unchanged (not zeros; see chapter 07)
+            if self.training and self.gradient_checkpointing:
+                x, weights, balance, load = checkpoint(layer, x, rope, cache, need_weights, absorb,
+                                                       use_reentrant=False)
+            else:
+                x, weights, balance, load = layer(x, rope, cache, need_weights, absorb)
             attentions += [weights] if need_weights else []
             balances += [balance] if balance is not None else []
             loads += [load] if load is not None else []
@@ -121,7 +138,7 @@ class DeepSeekLM(nn.Module):
                        expert_load=torch.stack(loads) if loads else None)
         if labels is None:
             return out
-        out.main_loss = _next_token_loss(logits, labels, shift=1)
+        out.main_loss = _next_token_loss(logits, labels, shift=1, label_smoothing=label_smoothing)
         out.loss = out.main_loss
         if self.mtp:
             out.mtp_loss = self._mtp_loss(x, input_ids, labels, balances)
@@ -168,13 +185,15 @@ class DeepSeekLM(nn.Module):
         return tokens
 
 
-def _next_token_loss(logits: torch.Tensor, labels: torch.Tensor, shift: int) -> torch.Tensor:
+def _next_token_loss(logits: torch.Tensor, labels: torch.Tensor, shift: int,
+                     label_smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy of logits[:, i] against labels[:, i + shift] (labels of -100 are ignored)."""
     # Shift the labels, not the logits: slicing the (large) logits would make autograd allocate and
     # zero a full-size gradient buffer; the last `shift` positions get the ignore label instead.
     targets = F.pad(labels[:, shift:], (0, shift), value=-100)
     logits = logits[:, : labels.shape[1]]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100,
+                           label_smoothing=label_smoothing)
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_k: int | None,

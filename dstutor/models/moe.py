@@ -118,6 +118,8 @@ class DeepSeekMoE(nn.Module):
     def update_bias(self) -> None:
         """Aux-loss-free step: raise the bias of under-loaded experts by γ, lower over-loaded ones."""
         gamma = self.config.bias_update_speed
+        if gamma and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(self.pending_load)  # the global load, so every rank moves the same way
         if gamma and self.pending_load.sum() > 0:
             error = self.pending_load.mean() - self.pending_load
             self.gate.e_score_correction_bias += gamma * error.sign()

@@ -1,6 +1,7 @@
 """Training: the Trainer loop, learning-rate schedules."""
 from dstutor.train.schedules import SCHEDULES, lr_multiplier
 from dstutor.train.trainer import NonFiniteError, TrainConfig, Trainer
-from dstutor.train.sweep import final_rows, fit_on_blocks, run_variants
+from dstutor.train.sweep import final_rows, fit_on_blocks, grid_search, run_variants, with_values
 
-__all__ = ["Trainer", "TrainConfig", "NonFiniteError", "lr_multiplier", "SCHEDULES", "run_variants", "final_rows", "fit_on_blocks"]
+__all__ = ["Trainer", "TrainConfig", "NonFiniteError", "lr_multiplier", "SCHEDULES", "run_variants", "final_rows", "fit_on_blocks",
+           "grid_search", "with_values"]

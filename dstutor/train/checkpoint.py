@@ -1,9 +1,11 @@
 """Training checkpoints that resume exactly and load without unpickling anything.
 
 A checkpoint is a folder `step-NNNNNNN/` holding `model.safetensors`, `optimizer.safetensors` (the
-optimiser's tensors) and `state.json` (optimiser hyper-parameters, scheduler, grad scaler, RNG states,
+optimiser's tensors, keyed by parameter name) and `state.json` (optimiser hyper-parameters, scheduler, grad scaler, RNG states,
 data position, history so far). It is written to a temporary folder and renamed when complete, so a
 run killed mid-write leaves the previous checkpoint intact; only the newest `keep_last` are kept.
+State is always saved unsharded, so a checkpoint written by DDP or FSDP processes resumes in one
+process and the other way round.
 """
 from __future__ import annotations
 
@@ -14,7 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
+
+from dstutor.train.distributed import full_state, load_full_state
 
 PREFIX = "step-"
 
@@ -42,27 +47,32 @@ def _set_rng_state(state: dict, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler, scaler, extra: dict, keep_last: int = 2) -> Path:
-    """Write step-NNNNNNN/ atomically (temporary folder, then rename); prune to the newest keep_last."""
+                    scheduler, scaler, extra: dict, keep_last: int = 2, is_main: bool = True) -> Path:
+    """Write step-NNNNNNN/ atomically (temporary folder, then rename); prune to the newest keep_last.
+
+    Under DDP/FSDP every process must call it (gathering the state is collective); rank 0 writes.
+    """
     directory = Path(directory)
     final = directory / f"{PREFIX}{step:07d}"
-    temporary = directory / f".{final.name}.tmp"
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-              temporary / "model.safetensors")
-    optim = optimizer.state_dict()
-    tensors = {f"state.{index}.{name}": value.detach().cpu().contiguous()
-               for index, slots in optim["state"].items() for name, value in slots.items()}
-    rng, rng_tensors = _rng_state()
-    save_file({**tensors, **rng_tensors}, temporary / "optimizer.safetensors")
-    state = {"step": step, "param_groups": optim["param_groups"], "scheduler": scheduler.state_dict(),
-             "scaler": scaler.state_dict(), "rng": rng, **extra}
-    (temporary / "state.json").write_text(json.dumps(state))
-    shutil.rmtree(final, ignore_errors=True)
-    temporary.rename(final)
-    for old in sorted(directory.glob(f"{PREFIX}*"))[:-keep_last]:
-        shutil.rmtree(old)
+    model_state, optim = full_state(model, optimizer)
+    if is_main:
+        temporary = directory / f".{final.name}.tmp"
+        shutil.rmtree(temporary, ignore_errors=True)
+        temporary.mkdir(parents=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, temporary / "model.safetensors")
+        tensors = {f"state.{name}.{slot}": value.detach().cpu().contiguous()
+                   for name, slots in optim["state"].items() for slot, value in slots.items()}
+        rng, rng_tensors = _rng_state()
+        save_file({**tensors, **rng_tensors}, temporary / "optimizer.safetensors")
+        state = {"step": step, "param_groups": optim["param_groups"], "scheduler": scheduler.state_dict(),
+                 "scaler": scaler.state_dict(), "rng": rng, **extra}
+        (temporary / "state.json").write_text(json.dumps(state))
+        shutil.rmtree(final, ignore_errors=True)
+        temporary.rename(final)
+        for old in sorted(directory.glob(f"{PREFIX}*"))[:-keep_last]:
+            shutil.rmtree(old)
+    if dist.is_initialized():
+        dist.barrier()  # nobody runs ahead of a checkpoint that is not on disk yet
     return final
 
 
@@ -77,16 +87,14 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     """Restore everything save_checkpoint wrote (RNG included); return the JSON state (step, extras)."""
     path = Path(path)
     state = json.loads((path / "state.json").read_text())
-    device = next(model.parameters()).device
-    model.load_state_dict(load_file(path / "model.safetensors", device=str(device)))
     tensors = load_file(path / "optimizer.safetensors")
-    slots: dict[int, dict[str, torch.Tensor]] = {}
+    slots: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("state."):
-            _, index, name = key.split(".", 2)
-            # step counters stay on the CPU (as torch keeps them); moments live with the parameters
-            slots.setdefault(int(index), {})[name] = value if name == "step" else value.to(device)
-    optimizer.load_state_dict({"state": slots, "param_groups": state["param_groups"]})
+            name, slot = key[len("state."):].rsplit(".", 1)
+            slots.setdefault(name, {})[slot] = value
+    load_full_state(model, optimizer, load_file(path / "model.safetensors"),
+                    {"state": slots, "param_groups": state["param_groups"]})
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
     _set_rng_state(state["rng"], tensors)

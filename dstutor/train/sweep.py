@@ -1,11 +1,14 @@
 """Train several model variants on the same data in the same order, and compare their histories."""
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import datasets
 import pandas as pd
+from tqdm.auto import tqdm
 
 from dstutor.data.packing import block_loader
 from dstutor.env import seed_everything
@@ -14,10 +17,12 @@ from dstutor.train.trainer import TrainConfig, Trainer
 
 
 def fit_on_blocks(model: DeepSeekLM, train: TrainConfig, train_blocks: datasets.Dataset,
-                  val_blocks: datasets.Dataset, batch_size: int, **fit_options) -> pd.DataFrame:
+                  val_blocks: datasets.Dataset, batch_size: int, callbacks: list | None = None,
+                  **fit_options) -> pd.DataFrame:
     """Train on packed blocks (shuffled by train.seed) with validation on val_blocks; the history."""
-    return Trainer(train).fit(model, block_loader(train_blocks, batch_size, shuffle=True, seed=train.seed),
-                              block_loader(val_blocks, batch_size, shuffle=False), **fit_options)
+    return Trainer(train, callbacks=callbacks).fit(
+        model, block_loader(train_blocks, batch_size, shuffle=True, seed=train.seed),
+        block_loader(val_blocks, batch_size, shuffle=False), **fit_options)
 
 
 def run_variants(variants: Mapping[str, DeepSeekConfig], train: TrainConfig, train_blocks: datasets.Dataset,
@@ -38,3 +43,39 @@ def run_variants(variants: Mapping[str, DeepSeekConfig], train: TrainConfig, tra
 def final_rows(histories: pd.DataFrame) -> pd.DataFrame:
     """The last logged row of each variant: a results table."""
     return histories.groupby("variant", sort=False).tail(1).set_index("variant")
+
+
+def with_values(configs: Mapping[str, object], values: Mapping[str, object]) -> dict[str, object]:
+    """Copies of the config dataclasses with each value set on the one config that has that field."""
+    owners = {}
+    for name, value in values.items():
+        having = [key for key, config in configs.items() if name in {f.name for f in dataclasses.fields(config)}]
+        if len(having) != 1:
+            raise ValueError(f"{name!r} must be a field of exactly one of {list(configs)}; found in {having or 'none'}")
+        owners.setdefault(having[0], {})[name] = value
+    changed = {key: dataclasses.replace(config, **owners.get(key, {})) for key, config in configs.items()}
+    for config in changed.values():
+        getattr(config, "validate", lambda: None)()
+    return changed
+
+
+def summarize(history: pd.DataFrame) -> dict[str, float]:
+    """Final train loss, final and best validation loss of one run."""
+    val = history["val_loss"].dropna() if "val_loss" in history else pd.Series(dtype=float)
+    return {"train_loss": history["loss"].iloc[-10:].mean(), "val_loss": val.iloc[-1] if len(val) else float("nan"),
+            "best_val_loss": val.min() if len(val) else float("nan")}
+
+
+def grid_search(grid: Mapping[str, Sequence], model: DeepSeekConfig, train: TrainConfig,
+                train_blocks: datasets.Dataset, val_blocks: datasets.Dataset, batch_size: int) -> pd.DataFrame:
+    """Train one model per combination of grid values (fields of the model or train config): one row each."""
+    rows = []
+    combos = list(itertools.product(*grid.values()))
+    for combo in tqdm(combos, desc="grid", leave=False):
+        values = dict(zip(grid, combo))
+        configs = with_values({"model": model, "train": train}, values)
+        seed_everything(train.seed)
+        start = time.perf_counter()
+        history = fit_on_blocks(DeepSeekLM(configs["model"]), configs["train"], train_blocks, val_blocks, batch_size)
+        rows.append({**values, **summarize(history), "seconds": time.perf_counter() - start})
+    return pd.DataFrame(rows)

@@ -1,0 +1,4 @@
+"""Widgets that rerun experiments in the kernel (JupyterLab); the book shows their last state."""
+from dstutor.widgets.panels import HyperParameterPanel
+
+__all__ = ["HyperParameterPanel"]
