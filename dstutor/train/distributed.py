@@ -7,6 +7,8 @@ Backend: nccl on CUDA, gloo on CPU (the course runs 2 CPU processes to show it o
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -96,3 +98,15 @@ def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_st
 def as_local_value(tensor: torch.Tensor) -> torch.Tensor:
     """A DTensor (FSDP) gathered to a plain tensor; plain tensors pass through."""
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def torchrun(script_and_args: list[str], nproc: int = 2, threads_per_process: int = 1,
+             timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run a script (or `-m module`) under torchrun with nproc local processes; raise with its errors if it fails."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               *script_and_args]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_process)}  # processes share the cores
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"torchrun failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+    return result

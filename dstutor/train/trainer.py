@@ -169,6 +169,7 @@ class Trainer:
             state = load_checkpoint(latest, model, optimizer, scheduler, scaler)
             rows, first_step = state["history"], state["step"]
         self.stop_reason = None
+        started = time.perf_counter() - (rows[-1]["elapsed_s"] if rows else 0.0)  # a resumed run keeps its clock
         bar = tqdm(total=cfg.steps, initial=first_step, desc="training", leave=False,
                    disable=not (cfg.progress and self.is_main))
         for step in range(first_step, cfg.steps):
@@ -210,6 +211,7 @@ class Trainer:
             if val is not None and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps):
                 row.update(self.evaluate(model, val))
                 model.train()
+            row["elapsed_s"] = time.perf_counter() - started
             rows.append(row)
             for callback in self.callbacks:
                 callback(self, model, row)

@@ -1,0 +1,43 @@
+"""Activation memory measurement, ZeRO arithmetic and the FP8 block-scaling simulation."""
+import pytest
+import torch
+
+from test_trainer import pattern_batches, tiny_model
+
+from dstutor.train.memory import saved_activation_bytes, zero_memory_per_gpu
+from dstutor.train.precision import E4M3_MAX, fp8_quantize, matmul_errors
+
+
+def test_activation_memory_scales_with_batch_and_checkpointing_cuts_it():
+    ids = pattern_batches(1, batch=8)[0]
+    full, half = saved_activation_bytes(tiny_model(), ids), saved_activation_bytes(tiny_model(), ids[:4])
+    assert half == pytest.approx(full / 2, rel=0.1)
+    model = tiny_model()
+    model.gradient_checkpointing_enable()
+    assert saved_activation_bytes(model, ids) < 0.5 * full
+    assert all(p.grad is None for p in model.parameters())  # the measurement leaves no gradients behind
+
+
+def test_zero_stages_shard_what_they_should():
+    plain = zero_memory_per_gpu(7e9, 8, 0)
+    assert plain["total"] == pytest.approx(7e9 * 16 / 1e9)  # 16 bytes per parameter, nothing sharded
+    assert zero_memory_per_gpu(7e9, 8, 1)["optimizer"] == pytest.approx(plain["optimizer"] / 8)
+    stage3 = zero_memory_per_gpu(7e9, 8, 3)
+    assert stage3["total"] == pytest.approx(plain["total"] / 8)
+    with pytest.raises(ValueError, match="stage 4"):
+        zero_memory_per_gpu(7e9, 8, 4)
+
+
+def test_fp8_block_scaling_keeps_values_in_range_and_isolates_outliers():
+    torch.manual_seed(0)
+    x = torch.randn(64, 256)
+    q = fp8_quantize(x, (1, 128))
+    assert q.shape == x.shape and ((q - x).abs() <= 0.07 * x.abs() + 1e-2).all()  # 3 mantissa bits
+    big = torch.full((1, 128), 1e5)
+    assert fp8_quantize(big, None).max() <= 1e5 * 1.001 and E4M3_MAX == 448
+    x[:, 0] *= 1000  # an outlier channel
+    errors = matmul_errors(x, torch.randn(128, 256) * 0.02)
+    assert errors["bf16"] < errors["FP8 E4M3, V3 blocks (1×128 act, 128×128 weight)"] < \
+        errors["FP8 E4M3, one scale per tensor"]
+    with pytest.raises(ValueError, match="not a multiple"):
+        fp8_quantize(torch.randn(3, 100), (1, 128))
