@@ -97,3 +97,13 @@ def test_schedule_shapes_differ_where_they_should():
 def test_bad_training_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Trainer(**kwargs)
+
+
+def test_cosine_matches_transformers_after_warmup():
+    # transformers warms up from 0 (a wasted first step); ours from 1/warmup. After warmup they agree.
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    reference = get_cosine_with_min_lr_schedule_with_warmup(optimizer, 10, 100, min_lr_rate=0.1).lr_lambdas[0]
+    ours = lr_multiplier("cosine", 100, 10, min_ratio=0.1)
+    assert [ours(s) for s in range(10, 100)] == pytest.approx([reference(s) for s in range(10, 100)], abs=1e-12)
