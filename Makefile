@@ -9,11 +9,12 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help install book book-force chromium test check-site lab clean bench data
+.PHONY: help install book book-force chromium test test-fast check-site lab clean bench data
 
 help:
 	@echo "make book        install everything, execute every chapter (full mode), build book/_build/html"
 	@echo "make test        unit tests + every chapter in smoke mode + a smoke build of the site checked in Chromium"
+	@echo "make test-fast   unit tests only (no chapters, no browser): the edit-test loop"
 	@echo "make lab         JupyterLab with the chapters opening as notebooks"
 	@echo "make check-site  check the built book (book/_build/html) in headless Chromium"
 	@echo "make book-force  like make book, but re-execute every chapter"
@@ -49,6 +50,9 @@ chromium:
 test: install chromium
 	$(PY) -m pytest
 	@if [ -d book/_build/html ]; then $(MAKE) --no-print-directory check-site; fi
+
+test-fast: install
+	$(PY) -m pytest -m "not notebook and not site" --ignore=tests/test_notebooks.py
 
 check-site: install chromium
 	$(PY) -m pytest tests/test_site.py -m site --site=book/_build/html

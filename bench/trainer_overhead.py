@@ -21,14 +21,13 @@ from dstutor.data.packing import block_loader
 from dstutor.env import seed_everything
 from dstutor.models import DeepSeekConfig, DeepSeekLM
 from dstutor.train import TrainConfig, Trainer
-from dstutor.train.schedules import lr_multiplier
 
 
 def bare_loop(model: DeepSeekLM, batches, config: TrainConfig) -> None:
     """What a hand-written loop does per step; parameter groups as the Trainer's."""
-    optimizer = Trainer(config).make_optimizer(model)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(config.schedule, config.steps,
-                                                                            config.warmup_steps, config.min_lr_ratio))
+    trainer = Trainer(config)
+    optimizer = trainer.make_optimizer(model)
+    scheduler = trainer.make_scheduler(optimizer)
     model.train()
     for ids in itertools.islice(batches, config.steps):
         model(ids, labels=ids).loss.backward()

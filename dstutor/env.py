@@ -9,16 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-OFFLINE_VARS = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-
-
-def set_offline() -> None:
-    """Keep transformers/datasets off the model hub; without this a missing model retries for ~50 s."""
-    for key, value in OFFLINE_VARS.items():
-        os.environ.setdefault(key, value)
-
-
-set_offline()  # importing dstutor is enough to be offline-safe
+from dstutor import OFFLINE_VARS, set_offline  # noqa: F401  (re-exported: dstutor/__init__ applies them)
 
 
 @dataclass(frozen=True)

@@ -2,16 +2,22 @@
 
 A chapter that needs "the course tokenizer" or "a pretrained nano model" asks the zoo; the first
 call builds it (minutes at most on a CPU), later calls load it. Delete `<cache>/zoo` to rebuild.
+Each artefact is built under a file lock (two kernels or torchrun ranks asking at once build it once)
+in a temporary folder that is renamed into place, with a completion marker, only when every file is written.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 import datasets
 import pandas as pd
+from filelock import FileLock
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerFast
 
@@ -22,7 +28,8 @@ from dstutor.env import cache_dir, seed_everything
 from dstutor.models import DeepSeekConfig, DeepSeekLM
 from dstutor.train import TrainConfig, fit_on_blocks
 
-ZOO_VERSION = 1  # bump when a recipe changes in a way its key does not capture
+ZOO_VERSION = 2  # bump when a recipe changes in a way its key does not capture (2: per-epoch shuffle, fit seeds)
+COMPLETE = ".complete"  # written last into a finished artefact folder
 # The pretraining mix: English literature, Chinese reviews and poems, idioms and Python code.
 COURSE_CORPORA = ("shakespeare", "reviews", "tang_poems", "idioms", "python_code")
 
@@ -30,6 +37,30 @@ COURSE_CORPORA = ("shakespeare", "reviews", "tang_poems", "idioms", "python_code
 def _key(recipe: dict) -> str:
     text = json.dumps({"zoo": ZOO_VERSION, **recipe}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def build_once(folder: Path, build: Callable[[Path], None]) -> Path:
+    """Return `folder`, first building it with build(temporary_folder) unless a complete one exists.
+
+    Under a file lock beside it, so concurrent callers wait for one build instead of writing over it.
+    """
+    if (folder / COMPLETE).exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if (folder / COMPLETE).exists():  # built by another process while this one waited
+            return folder
+        temporary = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+        shutil.rmtree(temporary, ignore_errors=True)
+        temporary.mkdir()
+        try:
+            build(temporary)
+            (temporary / COMPLETE).write_text("")
+            shutil.rmtree(folder, ignore_errors=True)  # an unfinished folder from before markers existed
+            temporary.rename(folder)
+        finally:
+            shutil.rmtree(temporary, ignore_errors=True)
+    return folder
 
 
 def course_corpus() -> datasets.Dataset:
@@ -40,9 +71,7 @@ def course_corpus() -> datasets.Dataset:
 def course_tokenizer(vocab_size: int = 4096) -> PreTrainedTokenizerFast:
     """Byte-level BPE trained on the course corpus (cached)."""
     folder = cache_dir() / "zoo" / f"tokenizer-{_key({'vocab_size': vocab_size, 'corpora': COURSE_CORPORA})}"
-    if not (folder / "tokenizer.json").exists():
-        tokenizer = train_tokenizer(course_corpus()["text"], vocab_size)
-        tokenizer.save_pretrained(folder)
+    build_once(folder, lambda into: train_tokenizer(course_corpus()["text"], vocab_size).save_pretrained(into))
     return PreTrainedTokenizerFast.from_pretrained(folder)
 
 
@@ -51,11 +80,14 @@ def course_blocks(vocab_size: int = 4096, block_size: int = 128,
     """Train and validation token blocks of the course corpus, split by document (cached)."""
     recipe = {"vocab_size": vocab_size, "block_size": block_size, "val": val_fraction, "corpora": COURSE_CORPORA}
     folder = cache_dir() / "zoo" / f"blocks-{_key(recipe)}"
-    if not (folder / "val" / "dataset_info.json").exists():
+
+    def build(into: Path) -> None:
         tokenizer = course_tokenizer(vocab_size)
         train, val = split_by_document(course_corpus(), val_fraction)
-        pack(train, tokenizer, block_size).save_to_disk(str(folder / "train"))
-        pack(val, tokenizer, block_size).save_to_disk(str(folder / "val"))
+        pack(train, tokenizer, block_size).save_to_disk(str(into / "train"))
+        pack(val, tokenizer, block_size).save_to_disk(str(into / "val"))
+
+    build_once(folder, build)
     return datasets.load_from_disk(str(folder / "train")), datasets.load_from_disk(str(folder / "val"))
 
 
@@ -64,19 +96,22 @@ def pretrained(config: DeepSeekConfig, train: TrainConfig, batch_size: int = 16,
     """A DeepSeekLM pretrained on the course corpus with this recipe, and its training history (cached)."""
     recipe = {"model": asdict(config), "train": asdict(train), "batch": batch_size, "block": block_size}
     folder = cache_dir() / "zoo" / f"model-{_key(recipe)}"
-    seed_everything(train.seed)
+
+    def build(into: Path) -> None:
+        seed_everything(train.seed)
+        model = DeepSeekLM(config)
+        train_blocks, val_blocks = course_blocks(config.vocab_size, block_size)
+        history = fit_on_blocks(model, train, train_blocks, val_blocks, batch_size)
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                  into / "model.safetensors")
+        history.to_csv(into / "history.csv", index=False)
+        (into / "recipe.json").write_text(json.dumps(recipe, indent=2, default=str))
+
+    build_once(folder, build)
+    seed_everything(train.seed)  # callers see the same random state whether the model was built or loaded
     model = DeepSeekLM(config)
-    if (folder / "model.safetensors").exists():
-        model.load_state_dict(load_file(folder / "model.safetensors"))
-        return model.eval(), pd.read_csv(folder / "history.csv")
-    train_blocks, val_blocks = course_blocks(config.vocab_size, block_size)
-    history = fit_on_blocks(model, train, train_blocks, val_blocks, batch_size)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-              folder / "model.safetensors")
-    history.to_csv(folder / "history.csv", index=False)
-    (folder / "recipe.json").write_text(json.dumps(recipe, indent=2, default=str))
-    return model.cpu().eval(), history
+    model.load_state_dict(load_file(folder / "model.safetensors"))
+    return model.eval(), pd.read_csv(folder / "history.csv")
 
 
 def pretrained_nano(steps: int, seed: int = 0) -> tuple[DeepSeekLM, pd.DataFrame]:

@@ -1,6 +1,40 @@
-"""Shared pytest options: `--site` names a built book to check (default: build a smoke site)."""
+"""Shared pytest set-up: `--site` option, and a temporary cache so tests never write into the reader's.
+
+The temporary cache starts as a hard-linked copy of the real one (corpora and zoo artefacts are only
+ever written as new files, so links are safe), which keeps test runs from re-fetching and rebuilding.
+Chapter kernels and torchrun workers inherit it through DSTUTOR_CACHE.
+"""
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+READER_CACHE = Path(os.environ.get("DSTUTOR_CACHE", Path.home() / ".cache" / "dstutor")).expanduser()
 
 
 def pytest_addoption(parser):
     parser.addoption("--site", default=None,
                      help="built book to check in Chromium (default: build build/smoke-book from smoke runs)")
+
+
+def _link_or_copy(source, destination):
+    try:
+        os.link(source, destination)
+    except OSError:  # another file system
+        shutil.copy2(source, destination)
+
+
+def pytest_configure(config):
+    temporary = Path(tempfile.mkdtemp(prefix="dstutor-test-cache-"))
+    if READER_CACHE.is_dir():
+        shutil.copytree(READER_CACHE, temporary, dirs_exist_ok=True, copy_function=_link_or_copy,
+                        ignore=shutil.ignore_patterns("*.lock", ".*.tmp"))
+    config._dstutor_cache = temporary
+    os.environ["DSTUTOR_CACHE"] = str(temporary)
+    os.environ["DSTUTOR_READER_CACHE"] = str(READER_CACHE)
+
+
+def pytest_unconfigure(config):
+    temporary = getattr(config, "_dstutor_cache", None)
+    if temporary is not None:
+        shutil.rmtree(temporary, ignore_errors=True)

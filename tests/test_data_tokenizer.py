@@ -1,4 +1,6 @@
 """dstutor.data.tokenizer and packing: exact round-trips, special tokens, chat template, leak-free split."""
+import itertools
+
 import datasets
 import pytest
 import torch
@@ -71,3 +73,18 @@ def test_pack_makes_full_blocks_with_eos(tokenizer):
     assert sum(b.count(tokenizer.eos_token_id) for b in blocks["input_ids"]) >= len(data) - 1
     batch = next(iter(block_loader(blocks, batch_size=4, shuffle=True)))
     assert batch.shape == (4, 16) and batch.dtype == torch.long
+
+
+def test_block_loader_seeks_to_any_position_and_reshuffles_each_epoch():
+    blocks = datasets.Dataset.from_dict({"input_ids": [[i] * 3 for i in range(10)]})
+    loader = block_loader(blocks, batch_size=3, shuffle=True, seed=5)
+    assert len(loader) == 3  # the partial last batch is dropped when shuffling
+    walked = [b for epoch in range(3) for b in iter(loader)]  # epoch after epoch, as a DataLoader would
+    assert all(torch.equal(a, b) for a, b in zip(walked, itertools.islice(loader.stream(0), 9)))
+    assert all(torch.equal(a, b) for a, b in zip(walked[4:], itertools.islice(loader.stream(4), 5)))  # no replay
+    epochs = [torch.cat(walked[i:i + 3])[:, 0].tolist() for i in (0, 3, 6)]
+    assert len({tuple(e) for e in epochs}) == 3 and all(len(set(e)) == 9 for e in epochs)
+    in_order = block_loader(blocks, batch_size=4, shuffle=False)
+    assert [b[:, 0].tolist() for b in in_order] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    with pytest.raises(ValueError, match="batch_size=20 with 10 blocks"):
+        block_loader(blocks, batch_size=20, shuffle=True)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from dstutor.models import DeepSeekConfig, DeepSeekLM, KVCache
-from dstutor.models.attention import attend
+from dstutor.models.attention import attend, kv_cache_bytes_per_token
 
 KINDS = {"mla": dict(), "mha": dict(attention="mha"), "gqa": dict(attention="gqa", num_kv_heads=2)}
 
@@ -77,10 +77,10 @@ def test_cache_bytes_per_token(kind):
     cache = KVCache(cfg.num_layers)
     with torch.no_grad():
         model(torch.randint(0, 200, (3, 10)), cache=cache)
-    per_layer = {"mla": cfg.kv_lora_rank + cfg.qk_rope_head_dim,  # latent + shared rope key
-                 "mha": 2 * cfg.num_heads * cfg.head_dim,
-                 "gqa": 2 * cfg.num_kv_heads * cfg.head_dim}[kind]
-    assert cache.bytes_per_token() == cfg.num_layers * per_layer * 4  # fp32
+    # what the chapters quote (kv_cache_bytes_per_token, from the config) is what the cache really holds
+    assert cache.bytes_per_token() == kv_cache_bytes_per_token(cfg, bytes_per_element=4)  # fp32
+    # and by hand for nano (4 layers): MLA latent 32 + rope key 16; MHA/GQA keys and values of 4/2 heads × 32
+    assert kv_cache_bytes_per_token(cfg) == {"mla": 4 * 48 * 2, "mha": 4 * 2 * 4 * 32 * 2, "gqa": 4 * 2 * 2 * 32 * 2}[kind]
 
 
 def test_attention_maps_are_causal_distributions():

@@ -62,7 +62,7 @@ def test_nonfinite_skip_leaves_weights_untouched():
         model.lm_head.weight[0, 0] = float("inf")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     history = Trainer(steps=2, progress=False, nonfinite="skip").fit(model, pattern_batches())
-    assert len(history) == 0
+    assert history.skipped.tolist() == [True, True]  # logged as skipped, not silently dropped
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -107,3 +107,25 @@ def test_cosine_matches_transformers_after_warmup():
     reference = get_cosine_with_min_lr_schedule_with_warmup(optimizer, 10, 100, min_lr_rate=0.1).lr_lambdas[0]
     ours = lr_multiplier("cosine", 100, 10, min_ratio=0.1)
     assert [ours(s) for s in range(10, 100)] == pytest.approx([reference(s) for s in range(10, 100)], abs=1e-12)
+
+
+class record_expert_loads:
+    """Context manager: records each MoE layer's local expert load as the bias update receives it."""
+
+    def __enter__(self):
+        from dstutor.models.moe import DeepSeekMoE
+
+        self.loads, self._original = [], DeepSeekMoE.update_bias
+        original, loads = self._original, self.loads
+
+        def update_bias(moe):
+            loads.append(moe.pending_load.tolist())
+            original(moe)
+
+        DeepSeekMoE.update_bias = update_bias
+        return self
+
+    def __exit__(self, *exc):
+        from dstutor.models.moe import DeepSeekMoE
+
+        DeepSeekMoE.update_bias = self._original

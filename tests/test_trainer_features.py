@@ -8,7 +8,7 @@ from test_trainer import pattern_batches, tiny_model
 
 from dstutor.models import DeepSeekConfig
 from dstutor.train import Trainer
-from dstutor.train.callbacks import EarlyStopping, LiveLossPlot, MFUMeter, TensorBoardLogger, model_flops_per_token
+from dstutor.train.callbacks import EarlyStopping, LiveLossPlot, MFUMeter, TensorBoardLogger, model_flops_per_token, peak_flops
 
 QUIET = dict(progress=False, eval_every=0)
 
@@ -114,7 +114,15 @@ def test_mfu_uses_config_flops_and_the_given_peak():
     row = {"tokens_per_s": 1000.0}
     meter(None, None, row)
     assert row["mfu"] == pytest.approx(1000 * model_flops_per_token(config, 128) / 1e12)
-    assert 0 < MFUMeter(config, 128).peak  # measured on this CPU
+
+
+
+def test_gpu_peaks_come_from_the_data_sheet_and_unknown_gpus_are_named(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert peak_flops(torch.device("cuda")) == (989e12, "NVIDIA H100 80GB HBM3 bf16 data-sheet peak")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Mystery GPU 9000")
+    with pytest.raises(ValueError, match="Mystery GPU 9000.*pass peak="):
+        peak_flops(torch.device("cuda"))
 
 
 def test_live_loss_plot_keeps_the_curves():

@@ -1,11 +1,19 @@
-"""Text → fixed-length token blocks for language-model training; train/validation split by document."""
+"""Text → fixed-length token blocks for language-model training; train/validation split by document.
+
+Loaders reach any batch position directly (epoch e is shuffled by (seed, e)), so a resumed run
+continues on the exact batches it would have seen without reading the ones before them.
+"""
 from __future__ import annotations
 
 import hashlib
+import itertools
+import math
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 
 import datasets
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerFast
 
 
@@ -37,12 +45,76 @@ def pack(dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerFast, block_si
                        num_proc=num_proc, desc="packing")
 
 
-def block_loader(blocks: datasets.Dataset, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
-    """Batches of blocks as LongTensors (batch, block_size); rows are read lazily from the Arrow table."""
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(blocks.with_format("torch"), batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      drop_last=shuffle, collate_fn=_stack_ids)
+class BlockLoader:
+    """Batches (batch, block_size) of packed blocks; shuffled per epoch by (seed, epoch), read lazily from Arrow."""
+
+    def __init__(self, blocks: datasets.Dataset, batch_size: int, shuffle: bool, seed: int = 0):
+        if batch_size < 1 or len(blocks) < (batch_size if shuffle else 1):
+            raise ValueError(f"batch_size={batch_size} with {len(blocks)} blocks: need batch_size ≥ 1 and, "
+                             "when shuffling (the last partial batch is dropped), at least one full batch")
+        self.blocks, self.batch_size, self.shuffle, self.seed = blocks.with_format("torch"), batch_size, shuffle, seed
+        self.epochs_started = 0  # iter() walks epoch 0, 1, 2, … like a DataLoader reshuffling each epoch
+        self._order: tuple[int, torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        n = len(self.blocks)
+        return n // self.batch_size if self.shuffle else math.ceil(n / self.batch_size)
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """Block indices in the order epoch `epoch` reads them."""
+        if not self.shuffle:
+            return torch.arange(len(self.blocks))
+        if self._order is None or self._order[0] != epoch:
+            seed = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0])
+            self._order = epoch, torch.randperm(len(self.blocks), generator=torch.Generator().manual_seed(seed))
+        return self._order[1]
+
+    def batch(self, epoch: int, index: int) -> torch.Tensor:
+        """Batch `index` of epoch `epoch`."""
+        rows = self.order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
+        return self.blocks[rows.tolist()]["input_ids"]
+
+    def stream(self, start: int = 0) -> Iterator[torch.Tensor]:
+        """Endless batches from global position `start` (epoch = start // len(self)), read from there on."""
+        epoch, index = divmod(start, len(self))
+        while True:
+            yield from (self.batch(epoch, i) for i in range(index, len(self)))
+            epoch, index = epoch + 1, 0
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        epoch, self.epochs_started = self.epochs_started, self.epochs_started + 1
+        return (self.batch(epoch, i) for i in range(len(self)))
 
 
-def _stack_ids(rows: list[dict]) -> torch.Tensor:
-    return torch.stack([row["input_ids"] for row in rows])
+def block_loader(blocks: datasets.Dataset, batch_size: int, shuffle: bool, seed: int = 0) -> BlockLoader:
+    """Batches of blocks as LongTensors (batch, block_size); shuffled loaders drop the last partial batch."""
+    return BlockLoader(blocks, batch_size, shuffle, seed)
+
+
+def batch_stream(train: Iterable[torch.Tensor], start: int = 0) -> Iterator[torch.Tensor]:
+    """Endless batches (epoch after epoch) from global batch position `start`, without reading skipped ones.
+
+    Loaders with a `stream(start)` method (dstutor.data.packing.block_loader) and sequences (lists) seek
+    directly; any other iterable can only be replayed, which a warning names.
+    """
+    if hasattr(train, "stream"):
+        return train.stream(start)
+    if isinstance(train, Sequence):
+        if not len(train):
+            raise ValueError("the training data holds no batches")
+        return (train[i % len(train)] for i in itertools.count(start))
+    if start:
+        warnings.warn(f"resuming by replaying {start} batches: a {type(train).__name__} cannot seek; pass a "
+                      "list or dstutor.data.packing.block_loader(...) to resume without reading them", stacklevel=3)
+    return itertools.islice(_repeat(train), start, None)
+
+
+def _repeat(train: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+    while True:
+        empty = True
+        for batch in train:
+            empty = False
+            yield batch
+        if empty:  # a one-shot iterator is exhausted after its first epoch
+            raise ValueError("the training data yielded no batches (an exhausted iterator? pass a list or loader)")

@@ -162,11 +162,15 @@ class DeepSeekLM(nn.Module):
             losses.append(_next_token_loss(self.lm_head(module.norm(hidden)), labels[:, k:], shift=1))
         return torch.stack(losses).mean()
 
-    def after_optimizer_step(self) -> None:
-        """Hook for training loops: apply the aux-loss-free bias update of every MoE layer."""
+    def after_optimizer_step(self, applied: bool = True) -> None:
+        """Hook for training loops: apply the aux-loss-free bias update of every MoE layer.
+
+        applied=False (the step was skipped) discards the step's expert loads instead, so they do not
+        leak into the next update.
+        """
         for module in self.modules():
             if isinstance(module, DeepSeekMoE):
-                module.update_bias()
+                module.update_bias() if applied else module.pending_load.zero_()
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,

@@ -1,17 +1,22 @@
-"""Training checkpoints that resume exactly and load without unpickling anything.
+"""Training checkpoints that survive crashes, resume exactly and load without unpickling anything.
 
 A checkpoint is a folder `step-NNNNNNN/` holding `model.safetensors`, `optimizer.safetensors` (the
-optimiser's tensors, keyed by parameter name) and `state.json` (optimiser hyper-parameters, scheduler, grad scaler, RNG states,
-data position, history so far). It is written to a temporary folder and renamed when complete, so a
-run killed mid-write leaves the previous checkpoint intact; only the newest `keep_last` are kept.
+optimiser's tensors, keyed by parameter name), `state.json` (optimiser hyper-parameters, scheduler,
+grad scaler, RNG states, data position, history so far) and `complete.json` (each file's sha256).
+Durability: the files go to a temporary folder and are fsync'ed, then the completion marker, then
+one atomic rename; older checkpoints are pruned only after that. On load, a newest checkpoint that
+is incomplete or fails its checksums is skipped with a warning, for the one before it.
 State is always saved unsharded, so a checkpoint written by DDP or FSDP processes resumes in one
 process and the other way round.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +27,11 @@ from safetensors.torch import load_file, save_file
 from dstutor.train.distributed import full_state, load_full_state
 
 PREFIX = "step-"
+MARKER = "complete.json"  # written last: a folder without it was never finished
+
+
+class CorruptCheckpoint(RuntimeError):
+    """A checkpoint folder is incomplete, or a file in it does not match its recorded checksum."""
 
 
 def _rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
@@ -48,7 +58,7 @@ def _set_rng_state(state: dict, tensors: dict[str, torch.Tensor]) -> None:
 
 def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler, scaler, extra: dict, keep_last: int = 2, is_main: bool = True) -> Path:
-    """Write step-NNNNNNN/ atomically (temporary folder, then rename); prune to the newest keep_last.
+    """Write step-NNNNNNN/ durably (temporary folder, fsync, marker, rename); then prune to the newest keep_last.
 
     Under DDP/FSDP every process must call it (gathering the state is collective); rank 0 writes.
     """
@@ -57,7 +67,8 @@ def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, optimize
     model_state, optim = full_state(model, optimizer)
     if is_main:
         temporary = directory / f".{final.name}.tmp"
-        shutil.rmtree(temporary, ignore_errors=True)
+        for leftover in directory.glob(f".{PREFIX}*"):  # a writer killed earlier left these
+            shutil.rmtree(leftover)
         temporary.mkdir(parents=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, temporary / "model.safetensors")
         tensors = {f"state.{name}.{slot}": value.detach().cpu().contiguous()
@@ -67,19 +78,79 @@ def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, optimize
         state = {"step": step, "param_groups": optim["param_groups"], "scheduler": scheduler.state_dict(),
                  "scaler": scaler.state_dict(), "rng": rng, **extra}
         (temporary / "state.json").write_text(json.dumps(state))
-        shutil.rmtree(final, ignore_errors=True)
+        files = sorted(temporary.iterdir())
+        for file in files:
+            _fsync(file)
+        (temporary / MARKER).write_text(json.dumps({f.name: _sha256(f) for f in files}))
+        _fsync(temporary / MARKER)
+        _fsync(temporary)
+        replaced = directory / f".{final.name}.old"
+        if final.exists():  # the same step saved again: keep the old copy until the new one is in place
+            final.rename(replaced)
         temporary.rename(final)
-        for old in sorted(directory.glob(f"{PREFIX}*"))[:-keep_last]:
+        _fsync(directory)
+        shutil.rmtree(replaced, ignore_errors=True)
+        for old in complete_checkpoints(directory)[:-keep_last]:
             shutil.rmtree(old)
     if dist.is_initialized():
         dist.barrier()  # nobody runs ahead of a checkpoint that is not on disk yet
     return final
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to the disk, so a crash cannot lose what was renamed."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def complete_checkpoints(directory: Path) -> list[Path]:
+    """Checkpoint folders that carry a completion marker, oldest first."""
+    return sorted(p for p in Path(directory).glob(f"{PREFIX}*") if (p / MARKER).exists())
+
+
 def latest_checkpoint(directory: Path) -> Path | None:
     """The newest complete checkpoint folder, or None."""
-    complete = [p for p in Path(directory).glob(f"{PREFIX}*") if (p / "state.json").exists()]
-    return max(complete, default=None)
+    return max(complete_checkpoints(directory), default=None)
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raise CorruptCheckpoint naming the file if the folder is incomplete or a file fails its sha256."""
+    path = Path(path)
+    if not (path / MARKER).exists():
+        raise CorruptCheckpoint(f"{path} has no {MARKER}: it was never completely written")
+    for name, expected in json.loads((path / MARKER).read_text()).items():
+        if not (path / name).exists():
+            raise CorruptCheckpoint(f"{path / name} is missing")
+        if _sha256(path / name) != expected:
+            raise CorruptCheckpoint(f"{path / name} does not match its recorded sha256 (corrupted or truncated)")
+
+
+def load_latest_checkpoint(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+                           scaler) -> dict | None:
+    """Load the newest checkpoint that verifies, warning about each newer one skipped; None if there is none."""
+    candidates = complete_checkpoints(directory)
+    for path in reversed(candidates):
+        try:
+            verify_checkpoint(path)
+        except (CorruptCheckpoint, json.JSONDecodeError) as error:
+            warnings.warn(f"skipping checkpoint {path.name}: {error}; falling back to the one before it", stacklevel=2)
+            continue
+        return load_checkpoint(path, model, optimizer, scheduler, scaler)
+    if candidates:
+        raise CorruptCheckpoint(f"none of the {len(candidates)} checkpoints in {directory} is readable; "
+                                "delete the folder to start again")
+    return None
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,

@@ -6,6 +6,7 @@ Backend: nccl on CUDA, gloo on CPU (the course runs 2 CPU processes to show it o
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -53,11 +54,41 @@ def wrap(model: nn.Module, context: DistContext) -> nn.Module:
     """The module to call for forward passes: a DDP replica, or the model sharded layer by layer."""
     if context.strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
-        return DistributedDataParallel(model, device_ids=[context.device.index] if context.device.type == "cuda" else None)
+        # forward_sync_buffers=False: rank 0's buffers must not overwrite each rank's own expert-load counts
+        # before every forward (the routing bias stays identical because its update all-reduces the load;
+        # the one sync at start-up copies zeros and an equal bias). LayerDrop leaves whole layers without
+        # gradients in a step, which DDP must be told to look for.
+        return DistributedDataParallel(model, device_ids=[context.device.index] if context.device.type == "cuda" else None,
+                                       forward_sync_buffers=False,
+                                       find_unused_parameters=bool(getattr(getattr(model, "config", None), "layer_drop", 0)))
     from torch.distributed.fsdp import fully_shard
     for layer in getattr(getattr(model, "model", model), "layers", []):
         fully_shard(layer)  # each block gathers its parameters just before it runs, then frees them
     return fully_shard(model)
+
+
+def gradient_sync(forward: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
+    """Context for one backward pass: with enabled=False, DDP/FSDP keep gradients local (no communication).
+
+    Used on all but the last micro-batch of an accumulated step: one all-reduce per step, not per micro-batch.
+    """
+    module = getattr(forward, "_orig_mod", forward)  # under torch.compile
+    if enabled:
+        return contextlib.nullcontext()
+    if hasattr(module, "no_sync"):  # DDP
+        return module.no_sync()
+    if hasattr(module, "set_requires_gradient_sync"):  # FSDP2
+        return _fsdp_no_sync(module)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(module: nn.Module):
+    module.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        module.set_requires_gradient_sync(True)
 
 
 def local_slice(batch: torch.Tensor, context: DistContext | None) -> torch.Tensor:

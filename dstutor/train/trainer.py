@@ -6,10 +6,10 @@ optimiser follows DeepSeek-V3 (§4.2): AdamW β=(0.9, 0.95), weight decay 0.1, g
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import time
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,9 +18,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from dstutor.env import choose_device
+from dstutor.data.packing import batch_stream
+from dstutor.env import choose_device, seed_everything
 from dstutor.train import distributed
-from dstutor.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from dstutor.train.checkpoint import load_latest_checkpoint, save_checkpoint
 from dstutor.train.schedules import lr_multiplier
 
 
@@ -31,7 +32,7 @@ class TrainConfig:
     steps: int = 200                 # optimiser steps
     lr: float = 3e-3                 # peak learning rate (tiny models like 1e-3…1e-2)
     schedule: str = "cosine"         # see dstutor.train.schedules.SCHEDULES
-    warmup_steps: int | None = None  # linear warmup steps; None: 10 % of steps, at most 100
+    warmup_steps: int | None = None  # linear warmup steps; None: 10 % of the final `steps`, at most 100
     min_lr_ratio: float = 0.1        # final lr as a fraction of the peak
     weight_decay: float = 0.1        # AdamW decay on matrices (norms and biases are not decayed)
     betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas (V3)
@@ -41,20 +42,21 @@ class TrainConfig:
     accumulation: int = 1            # micro-batches per optimiser step
     eval_every: int = 50             # validate every N steps (and at the end); 0: only at the end
     eval_batches: int = 20           # validation batches per evaluation
-    nonfinite: str = "stop"          # on a NaN/inf loss or gradient: "stop" (raise) or "skip" the step
+    nonfinite: str = "stop"          # NaN/inf loss (or gradient outside fp16): "stop" (raise) or "skip" the step
     device: str | None = None        # None: cuda > mps > cpu
     precision: str = "auto"          # "auto" (bf16 on CUDA, fp32 elsewhere), "fp32", "bf16", "fp16"
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % more compute
     compile: bool | str = False      # torch.compile the forward: True (inductor) or a backend name, e.g. "aot_eager"
     distributed: str | None = None   # None, "ddp" or "fsdp" (run the script under torchrun)
-    seed: int = 0                    # seeds the model-independent randomness of the loop
+    seed: int = 0                    # seeds python/numpy/torch when fit() starts: dropout, LayerDrop (not the model init)
     progress: bool = True            # show a tqdm progress bar with tokens/s
     save_every: int = 0              # steps between checkpoints (needs fit(checkpoint_dir=...)); 0: only at the end
-    keep_last: int = 2               # checkpoints kept on disk (older ones are deleted)
+    keep_last: int = 2               # complete checkpoints kept on disk (≥ 1; older ones are deleted)
 
-    def __post_init__(self) -> None:
-        if self.warmup_steps is None:
-            self.warmup_steps = min(100, self.steps // 10)
+    @property
+    def resolved_warmup_steps(self) -> int:
+        """warmup_steps, or for None 10 % of steps (at most 100), from the steps the run actually has."""
+        return min(100, self.steps // 10) if self.warmup_steps is None else self.warmup_steps
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad setting and what is allowed."""
@@ -69,21 +71,29 @@ class TrainConfig:
             raise ValueError(f"compile={self.compile!r}: use True, False or one of {torch._dynamo.list_backends(exclude_tags=())}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing={self.label_smoothing}: must be in [0, 1)")
+        if self.keep_last < 1:
+            raise ValueError(f"keep_last={self.keep_last}: keep at least 1 checkpoint (the newest)")
         if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError(f"need lr > 0, weight_decay ≥ 0 and grad_clip ≥ 0; got lr={self.lr}, "
                              f"weight_decay={self.weight_decay}, grad_clip={self.grad_clip}")
-        lr_multiplier(self.schedule, self.steps, self.warmup_steps)  # raises on a bad schedule
+        lr_multiplier(self.schedule, self.steps, self.resolved_warmup_steps)  # raises on a bad schedule
 
 
 class NonFiniteError(FloatingPointError):
-    """Training produced a NaN or infinite loss or gradient."""
+    """Training produced a NaN or infinite loss or gradient, or fp16's loss scale collapsed."""
+
+
+# fp16: GradScaler halves its scale (from 2**16) after every overflowing step. Once gradients overflow
+# even without scaling, no step can succeed: that is divergence, not an overflow to skip.
+MIN_LOSS_SCALE = 1.0
 
 
 class Trainer:
     """Trains a model that returns an object with `.loss` when called as model(ids, labels=ids).
 
     Callbacks are called as callback(trainer, model, row) after every step (they may add keys to the
-    row) and, if they have one, callback.on_train_end(trainer). Setting trainer.stop_reason stops the run.
+    row) and, if they have them, callback.on_train_begin(trainer) and callback.on_train_end(trainer).
+    Setting trainer.stop_reason stops the run.
     """
 
     def __init__(self, config: TrainConfig | None = None, callbacks: list | None = None, **overrides):
@@ -92,6 +102,7 @@ class Trainer:
         self.config.validate()
         self.device = torch.device(self.config.device) if self.config.device else choose_device().device
         self.context: distributed.DistContext | None = None  # set by fit() under torchrun
+        self.wrapped: nn.Module | None = None  # what forward passes call: the model, its DDP/FSDP wrapper, compiled
         self.history = pd.DataFrame()
         self.stop_reason: str | None = None
 
@@ -100,11 +111,15 @@ class Trainer:
         """Whether this process should print, plot and write files (rank 0, or not distributed)."""
         return self.context is None or self.context.is_main
 
+    @property
+    def precision(self) -> str:
+        """The precision in effect: "auto" is bf16 on CUDA and fp32 elsewhere (bf16 is slow on CPUs)."""
+        if self.config.precision != "auto":
+            return self.config.precision
+        return "bf16" if self.device.type == "cuda" else "fp32"
+
     def _autocast(self):
-        precision = self.config.precision
-        if precision == "auto":
-            precision = "bf16" if self.device.type == "cuda" else "fp32"
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
@@ -114,6 +129,12 @@ class Trainer:
                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=self.config.lr, betas=self.config.betas,
                                  fused=self.device.type == "cuda")
+
+    def make_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        """The configured schedule over config.steps, warmup resolved from those steps."""
+        cfg = self.config
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(
+            cfg.schedule, cfg.steps, cfg.resolved_warmup_steps, cfg.min_lr_ratio))
 
     def _prepare(self, model: nn.Module) -> nn.Module:
         """Move, wrap (DDP/FSDP) and compile the model as configured; return what forward passes call."""
@@ -127,9 +148,10 @@ class Trainer:
             self.device = self.context.device
         model.to(self.device).train()
         forward = distributed.wrap(model, self.context) if self.context else model
-        if not cfg.compile:
-            return forward
-        return torch.compile(forward, backend="inductor" if cfg.compile is True else cfg.compile)
+        if cfg.compile:
+            forward = torch.compile(forward, backend="inductor" if cfg.compile is True else cfg.compile)
+        self.wrapped = forward
+        return forward
 
     def _clip(self, model: nn.Module) -> float:
         """Clip gradients as configured; return the global gradient norm before clipping."""
@@ -138,7 +160,7 @@ class Trainer:
         limit = cfg.grad_clip if cfg.grad_clip and cfg.clip_mode == "global" else math.inf
         norm = distributed.as_local_value(nn.utils.clip_grad_norm_(params, limit)).item()
         if cfg.grad_clip and cfg.clip_mode == "per_parameter":
-            for p in params:  # seed 001: each tensor is scaled down to norm grad_clip on its own
+            for p in params:  # [Hyper-parameters to regularisation]: each tensor scaled to norm grad_clip on its own
                 own = distributed.as_local_value(p.grad.norm()).item()
                 if own > cfg.grad_clip:
                     p.grad.mul_(cfg.grad_clip / (own + 1e-6))
@@ -148,86 +170,116 @@ class Trainer:
             checkpoint_dir: str | Path | None = None, resume: bool = False) -> pd.DataFrame:
         """Train for config.steps optimiser steps; return (and keep in .history) one row per step.
 
-        With checkpoint_dir, checkpoints are written every config.save_every steps and at the end;
-        resume=True continues from the newest one exactly (same batches, same random numbers).
+        With checkpoint_dir, checkpoints are written every config.save_every steps and when the run ends
+        (after callbacks such as EarlyStopping have restored weights); resume=True continues from the
+        newest readable one exactly (same batches, same random numbers).
         """
         cfg = self.config
         if resume and checkpoint_dir is None:
             raise ValueError("resume=True needs checkpoint_dir")
         forward = self._prepare(model)
         optimizer = self.make_optimizer(model)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(
-            cfg.schedule, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
-        scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
-        batches = itertools.chain.from_iterable(itertools.repeat(train))  # loop over epochs
-        rows, first_step, consumed = [], 0, 0
-        latest = latest_checkpoint(Path(checkpoint_dir)) if resume else None
-        if latest is not None:
-            consumed = json.loads((latest / "state.json").read_text())["batches_consumed"]
-            for _ in range(consumed):  # replay the data order first; the RNG state is restored after
-                next(batches)
-            state = load_checkpoint(latest, model, optimizer, scheduler, scaler)
-            rows, first_step = state["history"], state["step"]
+        scheduler = self.make_scheduler(optimizer)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        state = load_latest_checkpoint(Path(checkpoint_dir), model, optimizer, scheduler, scaler) if resume else None
+        if state is None:
+            seed_everything(cfg.seed)  # a resumed run gets its random state from the checkpoint instead
+        rows, first_step = (state["history"], state["step"]) if state else ([], 0)
+        consumed = state["batches_consumed"] if state else 0
+        batches = batch_stream(train, consumed)
         self.stop_reason = None
+        for callback in self.callbacks:
+            getattr(callback, "on_train_begin", lambda trainer: None)(self)
         started = time.perf_counter() - (rows[-1]["elapsed_s"] if rows else 0.0)  # a resumed run keeps its clock
         bar = tqdm(total=cfg.steps, initial=first_step, desc="training", leave=False,
                    disable=not (cfg.progress and self.is_main))
-        for step in range(first_step, cfg.steps):
-            began = time.perf_counter()
-            terms, tokens = {}, 0
-            for _ in range(cfg.accumulation):
-                ids = distributed.local_slice(next(batches), self.context).to(self.device)
-                consumed += 1
-                try:
-                    terms, tokens = self._accumulate(forward, ids, scaler, terms, tokens)
-                except torch.OutOfMemoryError as error:
-                    bar.close()
-                    raise torch.OutOfMemoryError(
-                        f"out of memory at step {step} with micro-batches of {ids.shape[0]} × {ids.shape[1]} "
-                        f"tokens. Halve the batch size (or the sequence length) and double accumulation="
-                        f"{cfg.accumulation} to keep the tokens per step, or set gradient_checkpointing=True."
-                    ) from error
-            terms = distributed.mean_over_processes(terms, self.context)
-            scaler.unscale_(optimizer)
-            norm = self._clip(model)
-            if not (math.isfinite(terms["loss"]) and math.isfinite(norm)):
-                what = "loss" if not math.isfinite(terms["loss"]) else "gradient norm"
-                if cfg.nonfinite == "stop":
-                    bar.close()
-                    raise NonFiniteError(f"step {step}: {what} is {terms['loss'] if what == 'loss' else norm}; "
-                                         "lower the learning rate or use fp32, or set nonfinite='skip'")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.update()
-                continue
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            if hasattr(model, "after_optimizer_step"):
-                model.after_optimizer_step()
-            world = self.context.world_size if self.context else 1
-            row = {"step": step + 1, **terms, "lr": scheduler.get_last_lr()[0], "grad_norm": norm,
-                   "tokens_per_s": tokens * world / (time.perf_counter() - began)}
-            scheduler.step()
-            if val is not None and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps):
-                row.update(self.evaluate(model, val))
-                model.train()
-            row["elapsed_s"] = time.perf_counter() - started
-            rows.append(row)
-            for callback in self.callbacks:
-                callback(self, model, row)
-            bar.update(1)
-            bar.set_postfix(loss=f"{terms['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
-            last = step + 1 == cfg.steps or self.stop_reason is not None
-            if checkpoint_dir and ((cfg.save_every and (step + 1) % cfg.save_every == 0) or last):
-                save_checkpoint(Path(checkpoint_dir), step + 1, model, optimizer, scheduler, scaler,
-                                {"history": rows, "batches_consumed": consumed}, cfg.keep_last, self.is_main)
-            if self.stop_reason is not None:
-                break
-        bar.close()
+        try:
+            for step in range(first_step, cfg.steps):
+                row = self._step(step, model, forward, batches, optimizer, scheduler, scaler)
+                consumed += cfg.accumulation
+                if val is not None and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps):
+                    row.update(self.evaluate(model, val))
+                    model.train()
+                row["elapsed_s"] = time.perf_counter() - started
+                rows.append(row)
+                for callback in self.callbacks:
+                    callback(self, model, row)
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
+                if self.stop_reason is not None or step + 1 == cfg.steps:
+                    break
+                if checkpoint_dir and cfg.save_every and (step + 1) % cfg.save_every == 0:
+                    self._save(checkpoint_dir, model, optimizer, scheduler, scaler, rows, consumed)
+        finally:
+            bar.close()
         for callback in self.callbacks:
             getattr(callback, "on_train_end", lambda trainer: None)(self)
+        if checkpoint_dir and len(rows) > first_step:  # the final state, as the callbacks left it
+            self._save(checkpoint_dir, model, optimizer, scheduler, scaler, rows, consumed)
         self.history = pd.DataFrame(rows)
         return self.history
+
+    def _save(self, checkpoint_dir, model, optimizer, scheduler, scaler, rows: list, consumed: int) -> None:
+        save_checkpoint(Path(checkpoint_dir), rows[-1]["step"], model, optimizer, scheduler, scaler,
+                        {"history": rows, "batches_consumed": consumed}, self.config.keep_last, self.is_main)
+
+    def _step(self, step: int, model: nn.Module, forward, batches: Iterator[torch.Tensor], optimizer,
+              scheduler, scaler) -> dict:
+        """One optimiser step over config.accumulation micro-batches; the row it logs."""
+        cfg = self.config
+        began, terms, tokens = time.perf_counter(), {}, 0
+        for micro in range(cfg.accumulation):
+            ids = distributed.local_slice(next(batches), self.context).to(self.device)
+            try:  # gradients are averaged over processes only once, after the last micro-batch
+                with distributed.gradient_sync(forward, enabled=micro == cfg.accumulation - 1):
+                    terms, tokens = self._accumulate(forward, ids, scaler, terms, tokens)
+            except torch.OutOfMemoryError as error:
+                raise torch.OutOfMemoryError(
+                    f"out of memory at step {step} with micro-batches of {ids.shape[0]} × {ids.shape[1]} "
+                    f"tokens. Halve the batch size (or the sequence length) and double accumulation="
+                    f"{cfg.accumulation} to keep the tokens per step, or set gradient_checkpointing=True."
+                ) from error
+        terms = distributed.mean_over_processes(terms, self.context)
+        scaler.unscale_(optimizer)
+        norm = self._clip(model)
+        applied = self._apply(step, optimizer, scaler, terms["loss"], norm)
+        optimizer.zero_grad(set_to_none=True)
+        if hasattr(model, "after_optimizer_step"):
+            model.after_optimizer_step(applied=applied)  # a skipped step's expert loads are discarded
+        world = self.context.world_size if self.context else 1
+        row = {"step": step + 1, **terms, "lr": scheduler.get_last_lr()[0], "grad_norm": norm,
+               "skipped": not applied, "tokens_per_s": tokens * world / (time.perf_counter() - began)}
+        if scaler.is_enabled():
+            row["loss_scale"] = scaler.get_scale()
+        with warnings.catch_warnings():  # after a skipped first step torch warns that the optimizer never stepped
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            scheduler.step()  # skipped or not, the step counts: the schedule follows the step number
+        return row
+
+    def _apply(self, step: int, optimizer, scaler, loss: float, norm: float) -> bool:
+        """Take the optimiser step unless it is non-finite; return whether it was taken.
+
+        fp16: an overflow (inf gradients, finite loss) is GradScaler's to handle: it skips the step and
+        halves the scale. What stops a run is a non-finite loss (nonfinite="stop") or a collapsed scale.
+        """
+        cfg = self.config
+        if not math.isfinite(loss) and cfg.nonfinite == "stop":
+            raise NonFiniteError(f"step {step}: loss is {loss}; lower the learning rate or use fp32, "
+                                 "or set nonfinite='skip'")
+        if scaler.is_enabled():
+            scaler.step(optimizer)  # skipped by GradScaler itself when gradients overflowed
+            scaler.update()
+            if scaler.get_scale() < MIN_LOSS_SCALE:
+                raise NonFiniteError(f"step {step}: fp16 loss scale collapsed to {scaler.get_scale():g}: gradients "
+                                     "overflow even unscaled; lower the learning rate or use bf16/fp32")
+            return math.isfinite(loss) and math.isfinite(norm)
+        if math.isfinite(loss) and math.isfinite(norm):
+            optimizer.step()
+            return True
+        if cfg.nonfinite == "stop":
+            raise NonFiniteError(f"step {step}: gradient norm is {norm}; lower the learning rate or use fp32, "
+                                 "or set nonfinite='skip'")
+        return False
 
     def _accumulate(self, forward, ids: torch.Tensor, scaler, terms: dict, tokens: int) -> tuple[dict, int]:
         """Forward and backward one micro-batch; add its loss terms (averaged over micro-batches)."""

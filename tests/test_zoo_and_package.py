@@ -1,0 +1,65 @@
+"""The zoo builds each artefact once, even when processes ask at the same time; importing dstutor is offline-safe."""
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from dstutor.zoo import COMPLETE, build_once
+
+BUILDER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from dstutor.zoo import build_once
+
+    folder, log = Path(sys.argv[1]), Path(sys.argv[2])
+
+    def slow_build(into):
+        with open(log, "a") as handle:
+            handle.write("build\\n")
+        (into / "part-1.txt").write_text("first")
+        time.sleep(1.5)  # long enough for the other process to arrive mid-build
+        (into / "part-2.txt").write_text("second")
+
+    build_once(folder, slow_build)
+    print(sorted(p.name for p in folder.iterdir()))
+""")
+
+
+def test_two_processes_asking_at_once_build_once(tmp_path):
+    script = tmp_path / "builder.py"
+    script.write_text(BUILDER)
+    folder, log = tmp_path / "zoo" / "artefact", tmp_path / "builds.log"
+    runs = [subprocess.Popen([sys.executable, str(script), str(folder), str(log)], stdout=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    outputs = [run.communicate(timeout=120)[0].strip() for run in runs]
+    assert [run.returncode for run in runs] == [0, 0]
+    assert log.read_text() == "build\n"
+    assert outputs == [str(sorted([COMPLETE, "part-1.txt", "part-2.txt"]))] * 2  # neither saw a half-built folder
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["artefact", "artefact.lock"]  # no temporary left
+
+
+def test_a_failed_build_leaves_nothing_and_the_next_call_builds(tmp_path):
+    folder = tmp_path / "artefact"
+
+    def broken(into):
+        (into / "half.txt").write_text("…")
+        raise RuntimeError("out of disk")
+
+    with pytest.raises(RuntimeError, match="out of disk"):
+        build_once(folder, broken)
+    assert not folder.exists() and [p.name for p in tmp_path.iterdir()] == ["artefact.lock"]
+    build_once(folder, lambda into: (into / "ok.txt").write_text("ok"))
+    assert (folder / "ok.txt").read_text() == "ok" and (folder / COMPLETE).exists()
+    started = time.perf_counter()
+    build_once(folder, lambda into: pytest.fail("a complete artefact must not be rebuilt"))
+    assert time.perf_counter() - started < 1
+
+
+def test_importing_any_dstutor_module_sets_the_offline_variables():
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")}
+    code = "import os, dstutor.models.hf; print([os.environ.get(k) for k in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE', 'HF_DATASETS_OFFLINE')])"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "['1', '1', '1']"
