@@ -52,13 +52,14 @@ test: install chromium
 	@if [ -d book/_build/html ]; then $(MAKE) --no-print-directory check-site; fi
 
 test-fast: install
-	$(PY) -m pytest -m "not notebook and not site" --ignore=tests/test_notebooks.py
+	$(PY) -m pytest -m "not notebook and not site and not lab" --ignore=tests/test_notebooks.py
 
 check-site: install chromium
 	$(PY) -m pytest tests/test_site.py -m site --site=book/_build/html
 
+# Project-local Jupyter config: chapters open as notebooks, no news prompt (dstutor/lab.py).
 lab: install
-	JUPYTER_CONFIG_DIR=$(CURDIR)/.jupyter $(VENV)/bin/jupytext-config set-default-viewer markdown myst
+	$(PY) -m dstutor.lab $(CURDIR)/.jupyter
 	cd notebooks && JUPYTER_CONFIG_DIR=$(CURDIR)/.jupyter ../$(VENV)/bin/jupyter lab --allow-root
 
 clean:

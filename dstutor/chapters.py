@@ -132,6 +132,29 @@ def missing_figures(notebook: nbformat.NotebookNode) -> list[int]:
     return missing
 
 
+# JupyterLab renders markdown cells as CommonMark + HTML: MyST directives (```{note}, :::{dropdown})
+# and roles ({math}`…`) show up there as raw text. Chapters use HTML instead (<details> for solutions).
+# Book-only markup a chapter may still use, each with the reason it is worth the raw text in Lab: none.
+BOOK_ONLY_MARKUP: dict[str, str] = {}
+MYST_DIRECTIVE = re.compile(r"^\s*(?:`{3,}|:{3,})\s*\{([\w-]+)\}", re.M)
+MYST_ROLE = re.compile(r"(?<![`\w])\{([\w:-]+)\}`")  # {role}`text`, not inline code `{x}`
+
+
+def lab_unrenderable(notebook: nbformat.NotebookNode) -> list[str]:
+    """Markup in markdown cells that JupyterLab would show as raw text or break: one message each."""
+    problems = []
+    markdown = [cell for cell in notebook.cells if cell.cell_type == "markdown"]
+    for number, cell in enumerate(markdown, start=1):
+        found = [("directive", name) for name in MYST_DIRECTIVE.findall(cell.source)]
+        found += [("role", name) for name in MYST_ROLE.findall(cell.source)]
+        problems += [f"markdown cell {number}: MyST {kind} {{{name}}}, which Lab shows as raw text"
+                     for kind, name in found if name not in BOOK_ONLY_MARKUP]
+        if cell.source.count("<details>") != cell.source.count("</details>"):
+            problems.append(f"markdown cell {number}: <details> opened and closed in different cells "
+                            "(Lab renders each cell on its own: keep the whole block in one cell)")
+    return problems
+
+
 def record_runtime(run: ChapterRun, device: str, runtimes_file: Path = RUNTIMES_FILE) -> None:
     """Store a full-mode chapter runtime for this device kind ('cpu' or 'cuda'), keeping the others."""
     data = json.loads(runtimes_file.read_text()) if runtimes_file.exists() else {}
@@ -154,6 +177,11 @@ def chapter_runtimes(runtimes_file: Path = RUNTIMES_FILE, directory: Path = NOTE
                      "CPU seconds": measured.get("cpu", {}).get("seconds", float("nan")),
                      "GPU seconds": measured.get("cuda", {}).get("seconds", float("nan"))})
     return pd.DataFrame(rows).set_index("chapter")
+
+
+def runtime_table(runtimes_file: Path = RUNTIMES_FILE, directory: Path = NOTEBOOK_DIR):
+    """chapter_runtimes() styled for reading: whole seconds, "not measured yet" where there is no run."""
+    return chapter_runtimes(runtimes_file, directory).style.format(precision=0, na_rep="not measured yet")
 
 
 def runtime_note(number: str, runtimes_file: Path = RUNTIMES_FILE) -> str:

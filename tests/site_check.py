@@ -36,6 +36,22 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+def collapsed_solution_problems(page, container: str) -> list[str]:
+    """Raw MyST fences in the text, or <details> blocks open before a click / not opening on one."""
+    problems = []
+    if page.locator(container).count() and ":::" in page.locator(container).first.inner_text():
+        problems.append("raw ':::' directive text on the page")
+    details = page.locator(f"{container} details")
+    for i in range(details.count()):
+        block = details.nth(i)
+        if block.evaluate("element => element.open"):
+            problems.append(f"<details> block {i + 1} is open before any click")
+        block.locator("summary").click()
+        if not block.evaluate("element => element.open && element.lastElementChild.offsetHeight > 0"):
+            problems.append(f"<details> block {i + 1} did not open on click")
+    return problems
+
+
 def check_page(browser, base: str, relative: str) -> list[str]:
     """Problems of one page: outside requests, failed loads, JS errors, undrawn plots or widgets."""
     problems: list[str] = []
@@ -62,5 +78,6 @@ def check_page(browser, base: str, relative: str) -> list[str]:
     drawn_widgets = page.locator(WIDGET_VIEWS).count()
     if drawn_widgets < expected_widgets:
         problems.append(f"{expected_widgets} widget views expected, {drawn_widgets} rendered")
+    problems += collapsed_solution_problems(page, "article")
     page.close()
     return [f"{relative}: {p}" for p in problems]

@@ -83,6 +83,14 @@ def test_runtimes_round_trip_and_note(tmp_path):
     assert table.loc["99", "title"] == "99 · A test chapter"
 
 
+def test_runtime_table_says_not_measured_instead_of_nan(tmp_path):
+    path = write_chapter(tmp_path)
+    runtimes = tmp_path / "runtimes.json"
+    chapters.record_runtime(chapters.ChapterRun(path, None, 12.34), "cpu", runtimes)
+    html = chapters.runtime_table(runtimes, directory=tmp_path).to_html()
+    assert "not measured yet" in html and "nan" not in html.lower() and ">12<" in html
+
+
 def test_runtime_note_for_unknown_chapter_lists_the_chapters():
     with pytest.raises(ValueError, match="no chapter numbered '77'"):
         chapters.runtime_note("77")
@@ -94,3 +102,23 @@ def test_content_hash_changes_with_text_and_mode(tmp_path):
     assert before != chapters.content_hash(path, smoke=False)
     path.write_text(path.read_text() + "\n")
     assert before != chapters.content_hash(path, smoke=True)
+
+
+@pytest.mark.parametrize("markup", [":::{dropdown} Solutions\n1. x\n:::", "```{note}\nhi\n```", "Use {math}`x^2` here.",
+                                    "<details>\n<summary>Solutions</summary>\n"])
+def test_markup_lab_cannot_render_is_reported(tmp_path, markup):
+    path = write_chapter(tmp_path)
+    path.write_text(path.read_text() + "\n" + markup + "\n")
+    problems = chapters.lab_unrenderable(chapters.read_chapter(path, smoke=False))
+    assert len(problems) == 1 and problems[0].startswith("markdown cell 2:")
+
+
+def test_details_inline_code_and_math_are_fine_in_lab(tmp_path):
+    path = write_chapter(tmp_path)
+    path.write_text(path.read_text() + "\nThe f-string `{device}` and $x^2$.\n\n<details>\n<summary>Solutions</summary>\n\n1. a\n\n</details>\n")
+    assert chapters.lab_unrenderable(chapters.read_chapter(path, smoke=False)) == []
+
+
+@pytest.mark.parametrize("chapter", chapters.chapter_paths(), ids=lambda p: p.stem)
+def test_chapters_render_in_jupyterlab(chapter):
+    assert chapters.lab_unrenderable(chapters.read_chapter(chapter, smoke=False)) == []

@@ -44,6 +44,12 @@ def test_every_chapter_has_a_page(site):
     assert not missing, f"chapters missing from the site {site}: {missing} (a stale build? run `make book`)"
 
 
+def test_every_chapter_ends_with_collapsed_solutions(site):
+    without = [p.stem for p in chapter_paths()
+               if "<details>" not in (site / "chapters" / f"{p.stem}.html").read_text()]
+    assert not without, f"chapters without a collapsed <details> solutions block: {without}"
+
+
 def test_pages_load_offline_and_draw_everything(site, browser):
     pages = sorted(str(p.relative_to(site)) for p in site.rglob("*.html") if "_static" not in p.parts)
     assert pages, f"no HTML pages under {site}"
