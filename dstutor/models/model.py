@@ -169,8 +169,10 @@ class DeepSeekLM(nn.Module):
         leak into the next update.
         """
         for module in self.modules():
-            if isinstance(module, DeepSeekMoE):
-                module.update_bias() if applied else module.pending_load.zero_()
+            if isinstance(module, DeepSeekMoE) and applied:
+                module.update_bias()
+            elif isinstance(module, DeepSeekMoE):
+                module.pending_load.zero_()
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,

@@ -11,7 +11,6 @@ process and the other way round.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -24,6 +23,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
+from dstutor.env import file_sha256
 from dstutor.train.distributed import full_state, load_full_state
 
 PREFIX = "step-"
@@ -81,7 +81,7 @@ def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, optimize
         files = sorted(temporary.iterdir())
         for file in files:
             _fsync(file)
-        (temporary / MARKER).write_text(json.dumps({f.name: _sha256(f) for f in files}))
+        (temporary / MARKER).write_text(json.dumps({f.name: file_sha256(f) for f in files}))
         _fsync(temporary / MARKER)
         _fsync(temporary)
         replaced = directory / f".{final.name}.old"
@@ -106,13 +106,6 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def complete_checkpoints(directory: Path) -> list[Path]:
     """Checkpoint folders that carry a completion marker, oldest first."""
@@ -132,7 +125,7 @@ def verify_checkpoint(path: Path) -> None:
     for name, expected in json.loads((path / MARKER).read_text()).items():
         if not (path / name).exists():
             raise CorruptCheckpoint(f"{path / name} is missing")
-        if _sha256(path / name) != expected:
+        if file_sha256(path / name) != expected:
             raise CorruptCheckpoint(f"{path / name} does not match its recorded sha256 (corrupted or truncated)")
 
 
