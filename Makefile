@@ -13,7 +13,7 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
 help:
 	@echo "make book        install everything, execute every chapter (full mode), build book/_build/html"
-	@echo "make test        unit tests + every chapter in smoke mode + a smoke build of the site checked in Chromium"
+	@echo "make test        unit tests + every chapter in smoke mode + the smoke site and JupyterLab checked in Chromium"
 	@echo "make test-fast   unit tests only (no chapters, no browser): the edit-test loop"
 	@echo "make lab         JupyterLab with the chapters opening as notebooks"
 	@echo "make check-site  check the built book (book/_build/html) in headless Chromium"

@@ -39,7 +39,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 def collapsed_solution_problems(page, container: str) -> list[str]:
     """Raw MyST fences in the text, or <details> blocks open before a click / not opening on one."""
     problems = []
-    if page.locator(container).count() and ":::" in page.locator(container).first.inner_text():
+    if page.locator(container).count() and ":::" in page.locator(container).first.text_content():
         problems.append("raw ':::' directive text on the page")
     details = page.locator(f"{container} details")
     for i in range(details.count()):

@@ -1,5 +1,6 @@
 """JupyterLab as a reader uses it (`make lab`): a chapter opens as a notebook, its markdown renders
-without raw MyST text, solutions are collapsed until clicked, and no news prompt appears."""
+without raw MyST text, solutions are collapsed until clicked, no news prompt appears; and a chapter
+runs in the browser (smoke sizes), where moving a control and pressing Run retrains and updates the panel."""
 from __future__ import annotations
 
 import os
@@ -10,30 +11,40 @@ import sys
 import time
 import urllib.request
 
+import jupytext
 import pytest
 
-from dstutor.chapters import NOTEBOOK_DIR
+from dstutor.chapters import NOTEBOOK_DIR, read_chapter
 from dstutor.lab import write_lab_settings
 from site_check import CHROMIUM, CHROMIUM_ARGS, collapsed_solution_problems
 
 pytestmark = pytest.mark.lab
 CHAPTER = "00_setup_and_tour.md"
+PANEL_CHAPTER = NOTEBOOK_DIR / "06_optimisation_and_hyperparameters.md"  # has a HyperParameterPanel
+RUN_ALL_TIMEOUT_MS = 420_000
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    """A JupyterLab server on a free loopback port, configured as `make lab` configures it."""
+    """A JupyterLab server on a free loopback port, configured as `make lab` configures it.
+
+    Its root holds the chapters, plus a smoke-size copy of the panel chapter (kernels get DSTUTOR_SMOKE=1).
+    """
     config = tmp_path_factory.mktemp("jupyter-config")
+    root = tmp_path_factory.mktemp("lab-root")
+    for chapter in NOTEBOOK_DIR.glob("*.md"):
+        (root / chapter.name).write_text(chapter.read_text())
+    jupytext.write(read_chapter(PANEL_CHAPTER, smoke=True), root / f"smoke_{PANEL_CHAPTER.name}", fmt="md:myst")
     write_lab_settings(config)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     token = secrets.token_hex(16)
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(config), "JUPYTER_DATA_DIR": str(config / "data"),
+    env = {**os.environ, "DSTUTOR_SMOKE": "1", "JUPYTER_CONFIG_DIR": str(config), "JUPYTER_DATA_DIR": str(config / "data"),
            "JUPYTER_RUNTIME_DIR": str(config / "runtime")}
     server = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root",
                                "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-                               f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={NOTEBOOK_DIR}"],
+                               f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}"],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
@@ -52,22 +63,38 @@ def lab(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(lab):
+def browser():
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} not found: `make test` installs Debian's chromium with apt")
     from playwright.sync_api import sync_playwright
 
-    base, token = lab
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
-        tab.errors = []
-        tab.on("pageerror", lambda error: tab.errors.append(str(error)))
-        tab.goto(f"{base}/lab/tree/{CHAPTER}?token={token}")
-        tab.wait_for_selector(".jp-Notebook .jp-MarkdownCell .jp-RenderedMarkdown", timeout=60_000)
-        tab.wait_for_selector(".jp-Notebook details", state="attached", timeout=60_000)
-        yield tab
-        browser.close()
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def open_notebook(browser, lab, name: str, workspace: str):
+    """A browser tab with the notebook `name` open in JupyterLab and its markdown rendered.
+
+    Each tab gets its own workspace, as two Lab windows on one workspace would fight over its layout.
+    """
+    base, token = lab
+    tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+    tab.errors, tab.console = [], []
+    tab.on("pageerror", lambda error: tab.errors.append(str(error)))
+    tab.on("console", lambda message: tab.console.append(f"{message.type}: {message.text}"))
+    tab.goto(f"{base}/lab/workspaces/{workspace}/tree/{name}?token={token}")
+    tab.wait_for_selector(".jp-Notebook .jp-MarkdownCell .jp-RenderedMarkdown", timeout=60_000)
+    return tab
+
+
+@pytest.fixture(scope="module")
+def page(browser, lab):
+    tab = open_notebook(browser, lab, CHAPTER, "reading")
+    tab.wait_for_selector(".jp-Notebook details", state="attached", timeout=60_000)
+    yield tab
+    tab.close()
 
 
 def test_a_chapter_opens_as_a_notebook_with_collapsed_solutions(page):
@@ -81,3 +108,41 @@ def test_a_chapter_opens_as_a_notebook_with_collapsed_solutions(page):
 def test_no_news_prompt(page):
     time.sleep(2)  # the prompt, when configured, appears shortly after start-up
     assert "Jupyter news" not in page.locator("body").inner_text()
+
+
+def failed_cells(tab) -> list[str]:
+    """Source and error text of every executed cell whose output holds a traceback."""
+    return tab.evaluate("""() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell')]
+        .filter(cell => /Traceback \\(most recent call last\\)/.test(cell.querySelector('.jp-OutputArea')?.textContent || ''))
+        .map(cell => cell.querySelector('.jp-InputArea-editor').textContent.slice(0, 300) + '\\n---\\n'
+                     + cell.querySelector('.jp-OutputArea').textContent.slice(-1500))""")
+
+
+def run_all(tab) -> None:
+    """Run every cell from the Run menu and wait until all have run, failing with the first error."""
+    tab.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    tab.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+    # textContent, not innerText: Lab skips rendering cells outside the viewport, whose innerText is empty
+    done = """() => { const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')];
+                      const failed = /Traceback \\(most recent call last\\)/.test(document.querySelector('.jp-Notebook').textContent);
+                      return failed || (prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent))); }"""
+    tab.wait_for_function(done, timeout=RUN_ALL_TIMEOUT_MS, polling=1000)
+    errors = failed_cells(tab)
+    assert not errors, "cells failed in JupyterLab:\n" + "\n\n".join(errors) + "\nconsole:\n" + "\n".join(tab.console[-20:])
+
+
+def test_a_chapter_runs_in_lab_and_its_panel_reruns_on_click(browser, lab):
+    tab = open_notebook(browser, lab, f"smoke_{PANEL_CHAPTER.name}", "running")
+    run_all(tab)
+    panel = tab.locator(".jupyter-widgets.widget-vbox", has=tab.get_by_role("button", name="Run")).first
+    panel.scroll_into_view_if_needed()
+    message = panel.locator(".widget-html").first
+    assert "run 1 done" in message.text_content()  # the chapter's own run
+    panel.locator(".widget-dropdown", has=tab.locator("label", has_text="schedule")).locator("select").select_option("constant")
+    panel.get_by_role("button", name="Run").click()
+    tab.wait_for_function("element => element.textContent.includes('run 2 done')", arg=message.element_handle(),
+                          timeout=120_000)
+    table = panel.locator(".jp-OutputArea-output table").last.text_content()
+    assert "run 2" in table and "constant" in table.split("run 2")[1]  # the new row, with the new setting
+    assert not tab.errors, f"JavaScript errors in JupyterLab: {tab.errors}"
+    tab.close()
