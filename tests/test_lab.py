@@ -140,9 +140,11 @@ def test_a_chapter_runs_in_lab_and_its_panel_reruns_on_click(browser, lab):
     assert "run 1 done" in message.text_content()  # the chapter's own run
     panel.locator(".widget-dropdown", has=tab.locator("label", has_text="schedule")).locator("select").select_option("constant")
     panel.get_by_role("button", name="Run").click()
-    tab.wait_for_function("element => element.textContent.includes('run 2 done')", arg=message.element_handle(),
-                          timeout=120_000)
-    table = panel.locator(".jp-OutputArea-output table").last.text_content()
+    # the message changes first, then the comparison table is redrawn: wait for the table's new row
+    tab.wait_for_function("panel => [...panel.querySelectorAll('table')].some(t => t.textContent.includes('run 2'))",
+                          arg=panel.element_handle(), timeout=120_000)
+    assert "run 2 done" in message.text_content()
+    table = panel.locator(".jp-OutputArea-output table", has_text="run 2").last.text_content()
     assert "run 2" in table and "constant" in table.split("run 2")[1]  # the new row, with the new setting
     assert not tab.errors, f"JavaScript errors in JupyterLab: {tab.errors}"
     tab.close()
