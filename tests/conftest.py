@@ -9,6 +9,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
+
 READER_CACHE = Path(os.environ.get("DSTUTOR_CACHE", Path.home() / ".cache" / "dstutor")).expanduser()
 
 
@@ -38,3 +40,18 @@ def pytest_unconfigure(config):
     temporary = getattr(config, "_dstutor_cache", None)
     if temporary is not None:
         shutil.rmtree(temporary, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's headless Chromium driven by Playwright (never a browser download); skipped without it."""
+    from site_check import CHROMIUM, CHROMIUM_ARGS
+
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found: `make test` installs Debian's chromium with apt")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

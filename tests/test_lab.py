@@ -16,7 +16,7 @@ import pytest
 
 from dstutor.chapters import NOTEBOOK_DIR, read_chapter
 from dstutor.lab import write_lab_settings
-from site_check import CHROMIUM, CHROMIUM_ARGS, collapsed_solution_problems
+from site_check import collapsed_solution_problems
 
 pytestmark = pytest.mark.lab
 CHAPTER = "00_setup_and_tour.md"
@@ -60,18 +60,6 @@ def lab(tmp_path_factory):
     yield base, token
     server.terminate()
     server.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not found: `make test` installs Debian's chromium with apt")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def open_notebook(browser, lab, name: str, workspace: str):

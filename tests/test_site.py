@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dstutor.chapters import REPO_ROOT, chapter_paths
-from site_check import CHROMIUM, CHROMIUM_ARGS, check_page, serve
+from site_check import check_page, serve
 
 pytestmark = pytest.mark.site
 
@@ -25,18 +25,6 @@ def site(request) -> Path:
     # Reuses the chapters the notebook tests executed (same content hash), so this mostly renders.
     subprocess.run([sys.executable, str(REPO_ROOT / "book" / "build.py"), "--smoke"], check=True)
     return REPO_ROOT / "build" / "smoke-book" / "_build" / "html"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not found: `make check-site` installs Debian's chromium with apt")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 def test_every_chapter_has_a_page(site):
