@@ -59,12 +59,11 @@ def main() -> None:
     docs_per_s = len(unique) / minhash_seconds
     summary = (f"Default pipeline over the {len(zoo.COURSE_CORPORA)} course corpora: {counts['documents in']:,} documents "
                f"→ {counts['after cleaning']:,} cleaned → {counts['after dedup']:,} after dedup → "
-               f"{counts['blocks of 128 tokens']:,} blocks, in **{total:.0f} s** (target ≤ {TARGET_SECONDS} s: "
-               f"{'met' if total <= TARGET_SECONDS else 'not met'}). Dedup (exact + MinHash) throughput: "
+               f"{counts['blocks of 128 tokens']:,} blocks, in **{total:.0f} s**. Dedup (exact + MinHash) throughput: "
                f"**{docs_per_s:,.0f} documents/s**.")
     print(table)
     print(summary)
-    print(f"written: {save_results('data_pipeline', table, summary)}")
+    print(f"written: {save_results('data_pipeline', table, summary, {f'whole pipeline ≤ {TARGET_SECONDS} s': total <= TARGET_SECONDS})}")
 
 
 if __name__ == "__main__":

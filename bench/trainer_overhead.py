@@ -69,10 +69,10 @@ def main() -> None:
                                  "runs": len(t)} for name, t in times.items()}).T
     overhead = table.loc["dstutor Trainer", "median s/step"] / table.loc["bare PyTorch loop", "median s/step"] - 1
     summary = (f"nano preset, batch {args.batch} × 128 tokens, {args.rounds} alternating pairs of {args.steps}-step "
-               f"runs on the CPU. The Trainer's overhead over a bare loop is **{overhead:+.1%}** per step "
-               f"(target ≤ 5 %: {'met' if overhead <= 0.05 else 'not met'}).")
+               f"runs on the CPU. The Trainer's overhead over a bare loop is **{overhead:+.1%}** per step.")
     print(summary)
-    print(f"written: {save_results('trainer_overhead', table.round(4), summary)}")
+    print(f"written: {save_results('trainer_overhead', table.round(4), summary,
+                                       {'Trainer overhead ≤ 5 %': overhead <= 0.05})}")
 
 
 if __name__ == "__main__":

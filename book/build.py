@@ -14,6 +14,7 @@ from pathlib import Path
 
 from dstutor.chapters import (REPO_ROOT, ChapterError, chapter_paths, execute_chapter, is_current,
                               record_runtime, save_executed)
+from dstutor.claims import sources_table
 from dstutor.env import choose_device
 
 BOOK = Path(__file__).resolve().parent
@@ -44,6 +45,19 @@ def execute_all(out_dir: Path, smoke: bool, force: bool) -> None:
             old.unlink()
 
 
+def write_sources_page(book_dir: Path) -> Path:
+    """book_dir/sources.md: the guides chapters cite as [short title §section], from dstutor.claims."""
+    page = book_dir / "sources.md"
+    page.write_text("# Sources: the five guides the course tests\n\n"
+                    "The chapters quote these Chinese blog guides only to test their claims, and cite them as "
+                    "`[short title §section]`. Their numbers are claims, not results: each chapter's "
+                    "claimed-vs-measured table says which hold on the reader's machine.\n\n"
+                    + "| cited as | full title | author |\n|---|---|---|\n"
+                    + "".join(f"| {row['cited as']} | {row['full title']} | {row['author']} |\n"
+                              for _, row in sources_table().iterrows()), encoding="utf-8")
+    return page
+
+
 def render(book_dir: Path) -> None:
     """Run Jupyter Book on book_dir (warnings are shown, the build fails on errors)."""
     jupyter_book = Path(sys.executable).parent / "jupyter-book"
@@ -71,6 +85,7 @@ def main() -> None:
         execute_all(book_dir / "chapters", smoke=args.smoke, force=args.force)
     except ChapterError as error:
         sys.exit(f"book build stopped: {error}")
+    write_sources_page(book_dir)
     render(book_dir)
     print(f"site: {book_dir / '_build' / 'html' / 'index.html'}")
 

@@ -1,4 +1,9 @@
-"""Benchmark result files: written by bench/*.py (`make bench`), shown by the chapters."""
+"""Benchmark result files: written by bench/*.py (`make bench`), shown by the chapters.
+
+A chapter shows a benchmark as what it is: a result from the machine and date in the file, which
+the reader reproduces with `make bench`. The project's own targets are kept apart (`targets`), for
+developers; they are not part of the reader-facing summary.
+"""
 from __future__ import annotations
 
 import json
@@ -22,14 +27,16 @@ class BenchResults:
     summary: str
     machine: dict
     when: str
+    targets: dict[str, bool]
 
 
-def save_results(name: str, table: pd.DataFrame, summary: str, results_dir: Path = RESULTS_DIR) -> Path:
-    """Write bench/results/<name>.json with the machine description."""
+def save_results(name: str, table: pd.DataFrame, summary: str, targets: dict[str, bool] | None = None,
+                 results_dir: Path = RESULTS_DIR) -> Path:
+    """Write bench/results/<name>.json with the machine description and whether each project target was met."""
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{name}.json"
     path.write_text(json.dumps({"table": json.loads(table.to_json(orient="split")), "summary": summary,
-                                "machine": machine_info(),
+                                "targets": targets or {}, "machine": machine_info(),
                                 "when": datetime.now(timezone.utc).isoformat(timespec="seconds")}, indent=1))
     return path
 
@@ -42,6 +49,7 @@ def load_results(name: str, results_dir: Path = RESULTS_DIR) -> BenchResults | N
     data = json.loads(path.read_text())
     table = pd.DataFrame(**{k: data["table"][k] for k in ("data", "index", "columns")})
     machine = data["machine"]
-    summary = (data["summary"] + f"\n\n*Measured {data['when']} on {machine['cpu_cores']} CPU cores, "
-               f"torch {machine['torch']}, device {machine['device']}, GPU: {machine['gpu']}.*")
-    return BenchResults(table, summary, machine, data["when"])
+    summary = (data["summary"] + f"\n\n*Not measured by this chapter: from `make bench` on {data['when'][:10]}, "
+               f"on a machine with {machine['cpu_cores']} CPU cores, torch {machine['torch']}, device "
+               f"{machine['device']}, GPU: {machine['gpu']}. Run `make bench` to measure it on yours.*")
+    return BenchResults(table, summary, machine, data["when"], data.get("targets", {}))

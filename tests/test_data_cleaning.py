@@ -50,8 +50,8 @@ def test_ten_megabyte_line_is_dropped_and_reported():
     assert report.loc["too_long", "rows"] == 1 and kept["text"] == ["a normal line of text"]
 
 
-def test_seed_000_whitelist_deletes_punctuation():
-    config = clean.CleanConfig(whitelist=clean.SEED_000_WHITELIST, strip_boilerplate=False)
+def test_alnum_han_whitelist_deletes_punctuation():
+    config = clean.CleanConfig(whitelist=clean.ALNUM_HAN_WHITELIST, strip_boilerplate=False)
     assert clean.transform("你好，world! 123。", config) == "你好world123"
 
 
@@ -81,6 +81,20 @@ def test_precision_recall_counts_copies_of_one_source_as_right():
     assert dedup.precision_recall({(3, 4)}, truth) == (1.0, 0.0)  # right pair, but neither joins its source
     assert dedup.precision_recall({(0, 3), (3, 4)}, truth) == (1.0, 1.0)  # copy 4 reaches 0 through 3
     assert dedup.precision_recall({(1, 3)}, truth) == (0.0, 0.0)
+
+
+def test_embedding_dedup_uses_the_guides_corrcoef_which_is_the_centred_cosine():
+    import numpy as np
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(4, 8))
+    vectors[3] = vectors[0] + 5.0  # the same direction after centring, a different one before
+    centred = vectors - vectors.mean(axis=1, keepdims=True)
+    unit = centred / np.linalg.norm(centred, axis=1, keepdims=True)
+    assert np.allclose(np.corrcoef(vectors), unit @ unit.T)
+    assert dedup.dedup_embedding(["a"] * 4, 0.99, vectors).pairs == {(0, 3)}
+    assert dedup.dedup_embedding(["a"] * 4, 0.99, vectors, similarity="cosine").pairs == set()
+    with pytest.raises(ValueError, match="'corrcoef' or 'cosine'"):
+        dedup.dedup_embedding(["a"] * 4, 0.99, vectors, similarity="dot")
 
 
 def test_minhash_threshold_is_validated():

@@ -64,6 +64,22 @@ def test_top_k_sampling_draws_only_from_the_k_most_likely():
     assert set(firsts) == top3  # all three get drawn at a high temperature, nothing else ever does
 
 
+def test_repetition_penalty_equals_transformers_and_greedy_generate():
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from dstutor.models.model import penalise_repeats
+    logits, seen = torch.randn(2, 50), torch.randint(0, 50, (2, 7))
+    expected = RepetitionPenaltyLogitsProcessor(1.2)(seen, logits.clone())
+    assert torch.allclose(penalise_repeats(logits, seen, 1.2), expected)
+    model, prompt = make_model({}), tokens()[:1, :5]
+    plain = model.generate(prompt, 12)
+    assert torch.equal(model.generate(prompt, 12, repetition_penalty=1.0), plain)
+    huge = model.generate(prompt, 12, repetition_penalty=1e6)[0].tolist()
+    assert len(set(huge[5:])) == 12 and not set(huge[5:]) & set(huge[:5])  # nothing seen is ever chosen again
+    with pytest.raises(ValueError, match="repetition_penalty > 0"):
+        model.generate(prompt, 1, repetition_penalty=0.0)
+
+
 def test_bf16_autocast_on_cpu_runs_in_bf16_and_trains_like_fp32():
     dtypes = []
     model = tiny_model()

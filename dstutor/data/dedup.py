@@ -1,6 +1,6 @@
 """Deduplication three ways (exact hash, MinHash LSH, embedding similarity), and how to measure it.
 
-Seed 003 dedups with MinHash and with "embedding similarity > 0.95"; `plant_duplicates` makes
+[Full training pipeline §1.1] dedups with MinHash and with "embedding similarity > 0.95" (np.corrcoef); `plant_duplicates` makes
 near-copies with known answers so precision and recall can be measured rather than assumed.
 """
 from __future__ import annotations
@@ -99,11 +99,23 @@ def embed(texts: list[str], batch_size: int = 64) -> np.ndarray:
     return model.encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
 
 
-def dedup_embedding(texts: list[str], threshold: float = 0.95, embeddings: np.ndarray | None = None) -> DedupResult:
-    """Pairs whose embeddings have cosine similarity ≥ threshold (seed 003's recipe)."""
-    vectors = embed(texts) if embeddings is None else embeddings
-    similarity = vectors @ vectors.T
-    i, j = np.nonzero(np.triu(similarity >= threshold, k=1))
+def dedup_embedding(texts: list[str], threshold: float = 0.95, embeddings: np.ndarray | None = None,
+                    similarity: str = "corrcoef") -> DedupResult:
+    """Pairs whose embeddings are at least `threshold` similar.
+
+    similarity="corrcoef" is [Full training pipeline §1.1]'s `np.corrcoef(embeddings)`: the Pearson
+    correlation of two vectors, i.e. the cosine of the vectors after removing each one's mean;
+    "cosine" is the plain cosine similarity.
+    """
+    vectors = embed(texts) if embeddings is None else np.asarray(embeddings, dtype=np.float64)
+    if similarity == "corrcoef":
+        matrix = np.corrcoef(vectors)
+    elif similarity == "cosine":
+        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        matrix = unit @ unit.T
+    else:
+        raise ValueError(f"similarity must be 'corrcoef' or 'cosine', got {similarity!r}")
+    i, j = np.nonzero(np.triu(matrix >= threshold, k=1))
     pairs = {(int(a), int(b)) for a, b in zip(i, j)}
     return DedupResult(_keep_first(len(texts), pairs), pairs)
 

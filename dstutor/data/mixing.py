@@ -1,7 +1,7 @@
 """Domain mixing: a seeded sampler that draws training blocks by domain weight, and reweighting of
 those weights from per-domain validation loss while training runs (in the spirit of DoReMi).
 
-Seed 000 recommends a fixed 60/30/10 mix of base / domain / recent data; `SEED_000_MIX` is that mix.
+[Training essentials] recommends a fixed 60/30/10 mix of base / domain / recent data; `FIXED_60_30_10_MIX` is that mix.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import datasets
 import pandas as pd
 import torch
 
-SEED_000_MIX = {"base": 0.6, "domain": 0.3, "recent": 0.1}
+FIXED_60_30_10_MIX = {"base": 0.6, "domain": 0.3, "recent": 0.1}
 
 
 def normalized(weights: Mapping[str, float]) -> dict[str, float]:

@@ -177,15 +177,21 @@ class DeepSeekLM(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
                  top_k: int | None = None, generator: torch.Generator | None = None,
-                 absorb: bool | None = None) -> torch.Tensor:
-        """Continue input_ids (batch, seq) using the KV cache. temperature 0 is greedy decoding."""
-        if temperature < 0 or (top_k is not None and top_k < 1):
-            raise ValueError(f"need temperature ≥ 0 and top_k ≥ 1 or None, got {temperature}, {top_k}")
+                 absorb: bool | None = None, repetition_penalty: float = 1.0) -> torch.Tensor:
+        """Continue input_ids (batch, seq) using the KV cache. temperature 0 is greedy decoding.
+
+        repetition_penalty > 1 makes every token already in the sequence less likely (CTRL, Keskar et al. 2019).
+        """
+        if temperature < 0 or (top_k is not None and top_k < 1) or repetition_penalty <= 0:
+            raise ValueError(f"need temperature ≥ 0, top_k ≥ 1 or None and repetition_penalty > 0, got "
+                             f"{temperature}, {top_k}, {repetition_penalty}")
         absorb = self.config.attention == "mla" if absorb is None else absorb
         cache = KVCache(self.config.num_layers)
         tokens, step = input_ids, input_ids
         for _ in range(max_new_tokens):
             logits = self(step, cache=cache, absorb=absorb).logits[:, -1].float()
+            if repetition_penalty != 1.0:
+                logits = penalise_repeats(logits, tokens, repetition_penalty)
             step = _sample(logits, temperature, top_k, generator)[:, None]
             tokens = torch.cat([tokens, step], dim=1)
         return tokens
@@ -200,6 +206,12 @@ def _next_token_loss(logits: torch.Tensor, labels: torch.Tensor, shift: int,
     logits = logits[:, : labels.shape[1]]
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100,
                            label_smoothing=label_smoothing)
+
+
+def penalise_repeats(logits: torch.Tensor, tokens: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Divide the positive logits of tokens already in `tokens` by penalty and multiply the negative ones."""
+    seen = logits.gather(1, tokens)
+    return logits.scatter(1, tokens, torch.where(seen < 0, seen * penalty, seen / penalty))
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_k: int | None,

@@ -67,15 +67,19 @@ def summarize(history: pd.DataFrame) -> dict[str, float]:
 
 
 def grid_search(grid: Mapping[str, Sequence], model: DeepSeekConfig, train: TrainConfig,
-                train_blocks: datasets.Dataset, val_blocks: datasets.Dataset, batch_size: int) -> pd.DataFrame:
-    """Train one model per combination of grid values (fields of the model or train config): one row each."""
+                train_blocks: datasets.Dataset, val_blocks: datasets.Dataset, batch_size: int,
+                seeds: Sequence[int] | None = None) -> pd.DataFrame:
+    """Train one model per combination of grid values (fields of the model or train config) and seed: one row each.
+
+    seeds defaults to [train.seed]; each run's initialisation and batch order follow its seed.
+    """
     rows = []
-    combos = list(itertools.product(*grid.values()))
-    for combo in tqdm(combos, desc="grid", leave=False):
+    combos = list(itertools.product(*grid.values(), seeds if seeds is not None else [train.seed]))
+    for *combo, seed in tqdm(combos, desc="grid", leave=False):
         values = dict(zip(grid, combo))
-        configs = with_values({"model": model, "train": train}, values)
-        seed_everything(train.seed)
+        configs = with_values({"model": model, "train": dataclasses.replace(train, seed=seed)}, values)
+        seed_everything(seed)
         start = time.perf_counter()
         history = fit_on_blocks(DeepSeekLM(configs["model"]), configs["train"], train_blocks, val_blocks, batch_size)
-        rows.append({**values, **summarize(history), "seconds": time.perf_counter() - start})
+        rows.append({**values, "seed": seed, **summarize(history), "seconds": time.perf_counter() - start})
     return pd.DataFrame(rows)

@@ -37,7 +37,7 @@ class TrainConfig:
     weight_decay: float = 0.1        # AdamW decay on matrices (norms and biases are not decayed)
     betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas (V3)
     grad_clip: float = 1.0           # max gradient norm; 0 disables clipping
-    clip_mode: str = "global"        # "global": one norm over all gradients; "per_parameter": seed 001's adaptive clip
+    clip_mode: str = "global"        # "global": one norm over all gradients; "per_parameter": [Hyper-parameters to regularisation]'s adaptive clip
     label_smoothing: float = 0.0     # mix targets with a uniform distribution (training loss only)
     accumulation: int = 1            # micro-batches per optimiser step
     eval_every: int = 50             # validate every N steps (and at the end); 0: only at the end
