@@ -89,3 +89,15 @@ def test_bf16_autocast_on_cpu_runs_in_bf16_and_trains_like_fp32():
     assert dtypes == [torch.bfloat16] * 3
     assert bf16.loss.to_numpy() == pytest.approx(fp32.loss.to_numpy(), rel=2e-2)
     assert not (bf16.loss.to_numpy() == fp32.loss.to_numpy()).all()  # it really computed in lower precision
+
+
+def test_nucleus_filter_equals_transformers_top_p():
+    from transformers import TopPLogitsWarper
+
+    from dstutor.models.model import nucleus_filter
+    logits = torch.randn(4, 100) * 3
+    for top_p in (0.1, 0.5, 0.9):
+        expected = TopPLogitsWarper(top_p)(None, logits.clone())
+        assert torch.equal(torch.isinf(nucleus_filter(logits, top_p)), torch.isinf(expected))
+    with pytest.raises(ValueError, match="top_p"):
+        make_model({}).generate(tokens()[:1, :5], 2, temperature=1.0, top_p=0.0)

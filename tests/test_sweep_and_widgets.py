@@ -27,6 +27,14 @@ def test_with_values_routes_each_field_to_its_config():
         with_values(configs, {"dropout": 1.5})
 
 
+def test_with_values_needs_a_qualified_name_for_a_shared_field():
+    configs = {"first": TrainConfig(steps=10), "second": TrainConfig(steps=20)}
+    with pytest.raises(ValueError, match="qualify a shared name"):
+        with_values(configs, {"steps": 5})
+    changed = with_values(configs, {"second.steps": 5})
+    assert (changed["first"].steps, changed["second"].steps) == (10, 5)
+
+
 def test_grid_search_trains_every_combination(blocks):
     train = TrainConfig(steps=4, lr=1e-2, warmup_steps=0, progress=False, eval_every=2, eval_batches=1)
     results = grid_search({"weight_decay": [0.0, 0.1], "dropout": [0.0, 0.2]}, tiny_model().config, train,

@@ -46,13 +46,22 @@ def pack(dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerFast, block_si
 
 
 class BlockLoader:
-    """Batches (batch, block_size) of packed blocks; shuffled per epoch by (seed, epoch), read lazily from Arrow."""
+    """Batches (batch, block_size) of packed blocks; shuffled per epoch by (seed, epoch), read lazily from Arrow.
 
-    def __init__(self, blocks: datasets.Dataset, batch_size: int, shuffle: bool, seed: int = 0):
+    With `fields` (e.g. ("input_ids", "labels")) a batch is a dict of those columns instead of the
+    input_ids tensor alone: how fine-tuning passes masked labels or class labels to the model.
+    """
+
+    def __init__(self, blocks: datasets.Dataset, batch_size: int, shuffle: bool, seed: int = 0,
+                 fields: tuple[str, ...] | None = None):
         if batch_size < 1 or len(blocks) < (batch_size if shuffle else 1):
             raise ValueError(f"batch_size={batch_size} with {len(blocks)} blocks: need batch_size ≥ 1 and, "
                              "when shuffling (the last partial batch is dropped), at least one full batch")
+        missing = set(fields or ()) - set(blocks.column_names)
+        if missing:
+            raise ValueError(f"fields {sorted(missing)} are not columns of the data {blocks.column_names}")
         self.blocks, self.batch_size, self.shuffle, self.seed = blocks.with_format("torch"), batch_size, shuffle, seed
+        self.fields = fields
         self.epochs_started = 0  # iter() walks epoch 0, 1, 2, … like a DataLoader reshuffling each epoch
         self._order: tuple[int, torch.Tensor] | None = None
 
@@ -70,10 +79,10 @@ class BlockLoader:
             self._order = epoch, torch.randperm(len(self.blocks), generator=torch.Generator().manual_seed(seed))
         return self._order[1]
 
-    def batch(self, epoch: int, index: int) -> torch.Tensor:
+    def batch(self, epoch: int, index: int) -> torch.Tensor | dict[str, torch.Tensor]:
         """Batch `index` of epoch `epoch`."""
-        rows = self.order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
-        return self.blocks[rows.tolist()]["input_ids"]
+        rows = self.blocks[self.order(epoch)[index * self.batch_size:(index + 1) * self.batch_size].tolist()]
+        return {name: rows[name] for name in self.fields} if self.fields else rows["input_ids"]
 
     def stream(self, start: int = 0) -> Iterator[torch.Tensor]:
         """Endless batches from global position `start` (epoch = start // len(self)), read from there on."""
@@ -87,9 +96,10 @@ class BlockLoader:
         return (self.batch(epoch, i) for i in range(len(self)))
 
 
-def block_loader(blocks: datasets.Dataset, batch_size: int, shuffle: bool, seed: int = 0) -> BlockLoader:
-    """Batches of blocks as LongTensors (batch, block_size); shuffled loaders drop the last partial batch."""
-    return BlockLoader(blocks, batch_size, shuffle, seed)
+def block_loader(blocks: datasets.Dataset, batch_size: int, shuffle: bool, seed: int = 0,
+                 fields: tuple[str, ...] | None = None) -> BlockLoader:
+    """Batches of blocks as LongTensors (batch, block_size), or dicts of `fields`; shuffled loaders drop the last partial batch."""
+    return BlockLoader(blocks, batch_size, shuffle, seed, fields)
 
 
 def batch_stream(train: Iterable[torch.Tensor], start: int = 0) -> Iterator[torch.Tensor]:

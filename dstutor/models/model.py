@@ -118,6 +118,28 @@ class DeepSeekLM(nn.Module):
         """
         if absorb and self.config.attention != "mla":
             raise ValueError(f"absorb=True is an MLA inference path; this model uses {self.config.attention!r}")
+        x, attentions, balances, loads = self._decode(input_ids, cache, need_weights, absorb)
+        logits = self.lm_head(self.model.norm(x))
+        out = LMOutput(logits, attentions=attentions,
+                       expert_load=torch.stack(loads) if loads else None)
+        if labels is None:
+            return out
+        out.main_loss = _next_token_loss(logits, labels, shift=1, label_smoothing=label_smoothing)
+        out.loss = out.main_loss
+        if self.mtp:
+            out.mtp_loss = self._mtp_loss(x, input_ids, labels, balances)
+            out.loss = out.loss + self.config.mtp_loss_weight * out.mtp_loss
+        if balances:
+            out.balance_loss = torch.stack(balances).sum()
+            out.loss = out.loss + out.balance_loss
+        return out
+
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The normalised last-layer states (batch, seq, hidden) the LM head reads: features for task heads."""
+        return self.model.norm(self._decode(input_ids, None, False, False)[0])
+
+    def _decode(self, input_ids: torch.Tensor, cache: KVCache | None, need_weights: bool, absorb: bool):
+        """Embeddings through every decoder layer: (states, attention maps, balance losses, expert loads)."""
         start = len(cache) if cache is not None else 0
         x = self.embed_dropout(self.model.embed_tokens(input_ids))
         rope = self._rope(self.model.layers[0], start, input_ids.shape[1], input_ids.device)
@@ -133,20 +155,7 @@ class DeepSeekLM(nn.Module):
             attentions += [weights] if need_weights else []
             balances += [balance] if balance is not None else []
             loads += [load] if load is not None else []
-        logits = self.lm_head(self.model.norm(x))
-        out = LMOutput(logits, attentions=attentions,
-                       expert_load=torch.stack(loads) if loads else None)
-        if labels is None:
-            return out
-        out.main_loss = _next_token_loss(logits, labels, shift=1, label_smoothing=label_smoothing)
-        out.loss = out.main_loss
-        if self.mtp:
-            out.mtp_loss = self._mtp_loss(x, input_ids, labels, balances)
-            out.loss = out.loss + self.config.mtp_loss_weight * out.mtp_loss
-        if balances:
-            out.balance_loss = torch.stack(balances).sum()
-            out.loss = out.loss + out.balance_loss
-        return out
+        return x, attentions, balances, loads
 
     def _mtp_loss(self, hidden: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor,
                   balances: list) -> torch.Tensor:
@@ -177,14 +186,15 @@ class DeepSeekLM(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
                  top_k: int | None = None, generator: torch.Generator | None = None,
-                 absorb: bool | None = None, repetition_penalty: float = 1.0) -> torch.Tensor:
+                 absorb: bool | None = None, repetition_penalty: float = 1.0, top_p: float = 1.0) -> torch.Tensor:
         """Continue input_ids (batch, seq) using the KV cache. temperature 0 is greedy decoding.
 
-        repetition_penalty > 1 makes every token already in the sequence less likely (CTRL, Keskar et al. 2019).
+        top_k and top_p (nucleus) restrict sampling to the most likely tokens; repetition_penalty > 1
+        makes every token already in the sequence less likely (CTRL, Keskar et al. 2019).
         """
-        if temperature < 0 or (top_k is not None and top_k < 1) or repetition_penalty <= 0:
-            raise ValueError(f"need temperature ≥ 0, top_k ≥ 1 or None and repetition_penalty > 0, got "
-                             f"{temperature}, {top_k}, {repetition_penalty}")
+        if temperature < 0 or (top_k is not None and top_k < 1) or repetition_penalty <= 0 or not 0 < top_p <= 1:
+            raise ValueError(f"need temperature ≥ 0, top_k ≥ 1 or None, repetition_penalty > 0 and 0 < top_p ≤ 1, "
+                             f"got {temperature}, {top_k}, {repetition_penalty}, {top_p}")
         absorb = self.config.attention == "mla" if absorb is None else absorb
         cache = KVCache(self.config.num_layers)
         tokens, step = input_ids, input_ids
@@ -192,7 +202,7 @@ class DeepSeekLM(nn.Module):
             logits = self(step, cache=cache, absorb=absorb).logits[:, -1].float()
             if repetition_penalty != 1.0:
                 logits = penalise_repeats(logits, tokens, repetition_penalty)
-            step = _sample(logits, temperature, top_k, generator)[:, None]
+            step = _sample(logits, temperature, top_k, generator, top_p)[:, None]
             tokens = torch.cat([tokens, step], dim=1)
         return tokens
 
@@ -214,12 +224,23 @@ def penalise_repeats(logits: torch.Tensor, tokens: torch.Tensor, penalty: float)
     return logits.scatter(1, tokens, torch.where(seen < 0, seen * penalty, seen / penalty))
 
 
+def nucleus_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probability adds up to ≥ top_p (Holtzman et al. 2020)."""
+    ordered, order = logits.sort(dim=-1, descending=True)
+    before = ordered.softmax(dim=-1).cumsum(dim=-1) - ordered.softmax(dim=-1)  # mass of the tokens ranked above
+    drop = (before >= top_p).scatter(-1, order, before >= top_p)
+    return logits.masked_fill(drop, float("-inf"))
+
+
 def _sample(logits: torch.Tensor, temperature: float, top_k: int | None,
-            generator: torch.Generator | None) -> torch.Tensor:
+            generator: torch.Generator | None, top_p: float = 1.0) -> torch.Tensor:
     if temperature == 0:
         return logits.argmax(dim=-1)
+    logits = logits / temperature
     if top_k is not None:
         threshold = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < threshold, float("-inf"))
-    probs = (logits / temperature).softmax(dim=-1)
+    if top_p < 1.0:
+        logits = nucleus_filter(logits, top_p)
+    probs = logits.softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]

@@ -1,6 +1,9 @@
 """Training memory, measured and computed: activations saved for backward, and ZeRO/FSDP arithmetic."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -11,8 +14,9 @@ BYTES_WEIGHTS, BYTES_GRADS, BYTES_OPTIMIZER = 2, 2, 12
 ZERO_STAGES = {0: (), 1: ("optimizer",), 2: ("optimizer", "grads"), 3: ("optimizer", "grads", "weights")}
 
 
-def saved_activation_bytes(model: nn.Module, ids: torch.Tensor, **forward_kwargs) -> int:
-    """Bytes of the tensors autograd keeps for backward in one training forward pass (activation memory)."""
+@contextlib.contextmanager
+def saved_tensors() -> Iterator[dict[int, int]]:
+    """Within this block, record every storage autograd saves for backward: {data pointer: bytes}."""
     seen: dict[int, int] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
@@ -20,13 +24,24 @@ def saved_activation_bytes(model: nn.Module, ids: torch.Tensor, **forward_kwargs
         seen[storage.data_ptr()] = storage.nbytes()
         return tensor
 
-    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    model.train()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        yield seen
+
+
+def activation_bytes(seen: dict[int, int], model: nn.Module) -> int:
+    """Bytes of the saved storages that are not the model's own parameters."""
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    return sum(size for ptr, size in seen.items() if ptr not in parameters)
+
+
+def saved_activation_bytes(model: nn.Module, ids: torch.Tensor, **forward_kwargs) -> int:
+    """Bytes of the tensors autograd keeps for backward in one training forward pass (activation memory)."""
+    model.train()
+    with saved_tensors() as seen:
         loss = model(ids, labels=ids, **forward_kwargs).loss
     loss.backward()  # runs recomputation if checkpointing, and frees the graph
     model.zero_grad(set_to_none=True)
-    return sum(size for ptr, size in seen.items() if ptr not in parameters)
+    return activation_bytes(seen, model)
 
 
 def zero_memory_per_gpu(n_params: float, n_gpus: int, stage: int) -> dict[str, float]:

@@ -46,13 +46,19 @@ def final_rows(histories: pd.DataFrame) -> pd.DataFrame:
 
 
 def with_values(configs: Mapping[str, object], values: Mapping[str, object]) -> dict[str, object]:
-    """Copies of the config dataclasses with each value set on the one config that has that field."""
+    """Copies of the config dataclasses with each value set on the one config that has that field.
+
+    A name the configs share is qualified with its config's key: "method.lr" sets configs["method"].lr.
+    """
     owners = {}
     for name, value in values.items():
-        having = [key for key, config in configs.items() if name in {f.name for f in dataclasses.fields(config)}]
+        key, _, field = name.rpartition(".")
+        having = [k for k, config in configs.items() if (not key or k == key)
+                  and field in {f.name for f in dataclasses.fields(config)}]
         if len(having) != 1:
-            raise ValueError(f"{name!r} must be a field of exactly one of {list(configs)}; found in {having or 'none'}")
-        owners.setdefault(having[0], {})[name] = value
+            raise ValueError(f"{name!r} must be a field of exactly one of {list(configs)} (qualify a shared name "
+                             f"as 'key.field'); found in {having or 'none'}")
+        owners.setdefault(having[0], {})[field] = value
     changed = {key: dataclasses.replace(config, **owners.get(key, {})) for key, config in configs.items()}
     for config in changed.values():
         getattr(config, "validate", lambda: None)()

