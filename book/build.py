@@ -7,7 +7,6 @@ A chapter is re-executed when its text or the dstutor package changed since its 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -70,10 +69,6 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="re-execute every chapter")
     parser.add_argument("--smoke", action="store_true", help="quick site from smoke runs (build/smoke-book)")
     args = parser.parse_args()
-    # The site is static: progress bars would be frozen noise in it. They also stream widget updates to
-    # the executing client for minutes, and executions with them have been seen to wait forever on an
-    # idle kernel (chapters 04–06). Chapter kernels inherit this; readers in Lab keep their bars.
-    os.environ["TQDM_DISABLE"] = "1"
     book_dir = BOOK
     if args.smoke:
         book_dir = REPO_ROOT / "build" / "smoke-book"

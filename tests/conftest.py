@@ -34,7 +34,6 @@ def pytest_configure(config):
     config._dstutor_cache = temporary
     os.environ["DSTUTOR_CACHE"] = str(temporary)
     os.environ["DSTUTOR_READER_CACHE"] = str(READER_CACHE)
-    os.environ["TQDM_DISABLE"] = "1"  # chapter kernels inherit it: no progress-bar traffic (see book/build.py)
 
 
 def pytest_unconfigure(config):
