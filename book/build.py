@@ -1,6 +1,6 @@
 """Build the course site: execute every chapter (full mode, cached), then render with Jupyter Book.
 
-A chapter is re-executed when its text or the dstutor package changed since its last execution
+A chapter is re-executed when its text or a dstutor file it imports changed since its last execution
 (or with --force). Chapter 00 runs last, so its table of runtimes shows this build's numbers.
 `--smoke` builds a quick site from smoke-mode runs into build/smoke-book (used by the tests).
 """

@@ -23,6 +23,8 @@ import pandas as pd
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
+from dstutor.dependencies import notebook_code, package_files
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 RUNTIMES_FILE = REPO_ROOT / "book" / "_build" / "runtimes.json"
@@ -198,11 +200,19 @@ def runtime_note(number: str, runtimes_file: Path = RUNTIMES_FILE) -> str:
     return "Runtime in the last `make book`: " + "; ".join(parts) + "."
 
 
+def chapter_dependencies(chapter: Path) -> list[Path]:
+    """The dstutor files a chapter can run (its imports, followed); all of them if its code does not parse."""
+    try:
+        return package_files(notebook_code(jupytext.read(chapter).cells))
+    except SyntaxError:
+        return sorted((REPO_ROOT / "dstutor").rglob("*.py"))
+
+
 def content_hash(chapter: Path, smoke: bool) -> str:
-    """Hash of the chapter text, every dstutor source file and the mode: outputs are stale when it changes."""
+    """Hash of the chapter text, the dstutor files it imports and the mode: outputs are stale when it changes."""
     digest = hashlib.sha256(chapter.read_bytes() + (b"smoke" if smoke else b"full"))
-    for source in sorted((REPO_ROOT / "dstutor").rglob("*.py")):
-        digest.update(source.read_bytes())
+    for source in chapter_dependencies(chapter):
+        digest.update(source.relative_to(REPO_ROOT).as_posix().encode() + b"\0" + source.read_bytes())
     return digest.hexdigest()
 
 
