@@ -12,8 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dstutor.chapters import (REPO_ROOT, ChapterError, chapter_paths, execute_chapter, is_current,
-                              record_runtime, save_executed)
+from dstutor.chapters import REPO_ROOT, chapter_paths
+from dstutor.execution import ChapterError, execute_chapter, is_current, record_runtime, save_executed
 from dstutor.claims import sources_table
 from dstutor.env import choose_device
 

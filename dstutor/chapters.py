@@ -1,47 +1,18 @@
-"""The course's chapters: find them, execute one in full or smoke mode, and record how long it took.
+"""The course's chapters: where they are, their titles, and the runtimes `make book` recorded.
 
-Both the tests (smoke mode) and `make book` (full mode) run chapters through `execute_chapter`, so
-a failure reads the same everywhere: the chapter, the cell number, its source and the traceback.
-Smoke sizes live in each chapter's front matter (`dstutor: smoke: {name: value}`) and are injected
-as a cell right after the chapter's `parameters` cell (papermill's convention).
+Chapters import this module (each opens with `runtime_note`), so it holds only what they read: the
+machinery that executes them lives in `dstutor.execution`, and changing it re-runs no chapter.
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-import os
-import re
-import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
-import jupytext
-import nbformat
 import pandas as pd
-from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
-
-from dstutor.dependencies import notebook_code, package_files
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 RUNTIMES_FILE = REPO_ROOT / "book" / "_build" / "runtimes.json"
-ANSI_COLOURS = re.compile(r"\x1b\[[0-9;]*m")  # IPython colours tracebacks; reports are plain text
-
-
-class ChapterError(RuntimeError):
-    """A chapter failed: the message names the chapter, the cell and the error."""
-
-
-@dataclass
-class ChapterRun:
-    """An executed chapter and its wall-clock time."""
-
-    path: Path
-    notebook: nbformat.NotebookNode
-    seconds: float
 
 
 def chapter_paths(directory: Path = NOTEBOOK_DIR) -> list[Path]:
@@ -55,118 +26,6 @@ def chapter_title(path: Path) -> str:
         if line.startswith("# "):
             return line[2:].strip()
     return path.stem
-
-
-def read_chapter(path: Path, smoke: bool) -> nbformat.NotebookNode:
-    """Read a jupytext chapter; in smoke mode insert its smoke overrides after the parameters cell."""
-    notebook = jupytext.read(path)
-    overrides = notebook.metadata.get("dstutor", {}).get("smoke", {})
-    if not smoke or not overrides:
-        return notebook
-    tagged = [i for i, c in enumerate(notebook.cells) if "parameters" in c.metadata.get("tags", [])]
-    if len(tagged) != 1:
-        raise ChapterError(f"{path.name}: has smoke overrides but {len(tagged)} cells tagged "
-                           "'parameters' (need exactly one)")
-    source = "# Injected by dstutor.chapters: smoke-mode sizes\n" + "\n".join(
-        f"{name} = {value!r}" for name, value in overrides.items())
-    cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
-    notebook.cells.insert(tagged[0] + 1, cell)
-    return notebook
-
-
-@contextlib.contextmanager
-def _kernel_env(smoke: bool):
-    # The kernel inherits this process's environment: DSTUTOR_SMOKE reaches dstutor inside it, and
-    # the inline backend makes plt.show() store figures (an inherited MPLBACKEND=Agg would drop them).
-    wanted = {"DSTUTOR_SMOKE": "1" if smoke else "0", "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
-    previous = {key: os.environ.get(key) for key in wanted}
-    os.environ.update(wanted)
-    try:
-        yield
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-def execute_chapter(path: Path, smoke: bool, timeout: int = 900) -> ChapterRun:
-    """Run every cell from a fresh kernel (timeout per cell, seconds); raise ChapterError on failure."""
-    notebook = read_chapter(path, smoke)
-    current = {"index": -1}
-
-    def remember(cell, cell_index, **_):
-        current["index"] = cell_index
-
-    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}},
-                            on_cell_start=remember)
-    start = time.perf_counter()
-    with _kernel_env(smoke):
-        try:
-            client.execute()
-        except (CellExecutionError, CellTimeoutError, DeadKernelError) as error:
-            index = current["index"]
-            source = notebook.cells[index].source if index >= 0 else ""
-            number = sum(c.cell_type == "code" for c in notebook.cells[:index + 1])
-            kind = {CellTimeoutError: f"timed out after {timeout} s",
-                    DeadKernelError: "killed the kernel (out of memory?)"}.get(type(error), "raised")
-            report = ANSI_COLOURS.sub("", str(error))
-            raise ChapterError(f"{path.name}: code cell {number} {kind}\n--- cell source ---\n{source}\n"
-                               f"--- error ---\n{report}") from None
-    return ChapterRun(path, notebook, time.perf_counter() - start)
-
-
-FIGURE_CALLS = ("plt.show()", "show_heatmaps(")
-
-
-def missing_figures(notebook: nbformat.NotebookNode) -> list[int]:
-    """Numbers (from 1) of code cells that draw a matplotlib figure but stored no image."""
-    missing, number = [], 0
-    for cell in notebook.cells:
-        if cell.cell_type != "code":
-            continue
-        number += 1
-        draws = any(call in cell.source for call in FIGURE_CALLS)
-        if draws and not any("image/png" in out.get("data", {}) for out in cell.get("outputs", [])):
-            missing.append(number)
-    return missing
-
-
-# JupyterLab renders markdown cells as CommonMark + HTML: MyST directives (```{note}, :::{dropdown})
-# and roles ({math}`…`) show up there as raw text. Chapters use HTML instead (<details> for solutions).
-# Book-only markup a chapter may still use, each with the reason it is worth the raw text in Lab: none.
-BOOK_ONLY_MARKUP: dict[str, str] = {}
-MYST_DIRECTIVE = re.compile(r"^\s*(?:`{3,}|:{3,})\s*\{([\w-]+)\}", re.M)
-MYST_ROLE = re.compile(r"(?<![`\w])\{([\w:-]+)\}`")  # {role}`text`, not inline code `{x}`
-
-
-def lab_unrenderable(notebook: nbformat.NotebookNode) -> list[str]:
-    """Markup in markdown cells that JupyterLab would show as raw text or break: one message each."""
-    problems = []
-    markdown = [cell for cell in notebook.cells if cell.cell_type == "markdown"]
-    for number, cell in enumerate(markdown, start=1):
-        found = [("directive", name) for name in MYST_DIRECTIVE.findall(cell.source)]
-        found += [("role", name) for name in MYST_ROLE.findall(cell.source)]
-        problems += [f"markdown cell {number}: MyST {kind} {{{name}}}, which Lab shows as raw text"
-                     for kind, name in found if name not in BOOK_ONLY_MARKUP]
-        if cell.source.count("<details>") != cell.source.count("</details>"):
-            problems.append(f"markdown cell {number}: <details> opened and closed in different cells "
-                            "(Lab renders each cell on its own: keep the whole block in one cell)")
-    return problems
-
-
-def record_runtime(run: ChapterRun, device: str, runtimes_file: Path = RUNTIMES_FILE) -> None:
-    """Store a full-mode chapter runtime for this device kind ('cpu' or 'cuda'), keeping the others."""
-    data = json.loads(runtimes_file.read_text()) if runtimes_file.exists() else {}
-    data.setdefault(run.path.stem, {})[device] = {
-        "seconds": round(run.seconds, 1),
-        "cores": os.cpu_count(),
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    runtimes_file.parent.mkdir(parents=True, exist_ok=True)
-    runtimes_file.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
 def chapter_runtimes(runtimes_file: Path = RUNTIMES_FILE, directory: Path = NOTEBOOK_DIR) -> pd.DataFrame:
@@ -198,35 +57,3 @@ def runtime_note(number: str, runtimes_file: Path = RUNTIMES_FILE) -> str:
     if not parts:
         return "Runtime: not measured yet (it is recorded by `make book`)."
     return "Runtime in the last `make book`: " + "; ".join(parts) + "."
-
-
-def chapter_dependencies(chapter: Path) -> list[Path]:
-    """The dstutor files a chapter can run (its imports, followed); all of them if its code does not parse."""
-    try:
-        return package_files(notebook_code(jupytext.read(chapter).cells))
-    except SyntaxError:
-        return sorted((REPO_ROOT / "dstutor").rglob("*.py"))
-
-
-def content_hash(chapter: Path, smoke: bool) -> str:
-    """Hash of the chapter text, the dstutor files it imports and the mode: outputs are stale when it changes."""
-    digest = hashlib.sha256(chapter.read_bytes() + (b"smoke" if smoke else b"full"))
-    for source in chapter_dependencies(chapter):
-        digest.update(source.relative_to(REPO_ROOT).as_posix().encode() + b"\0" + source.read_bytes())
-    return digest.hexdigest()
-
-
-def save_executed(run: ChapterRun, out_dir: Path, smoke: bool) -> Path:
-    """Write the executed chapter as out_dir/NN_topic.ipynb, stamped with its content hash."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run.notebook.metadata["dstutor_build"] = content_hash(run.path, smoke)
-    target = out_dir / f"{run.path.stem}.ipynb"
-    nbformat.write(run.notebook, target)
-    return target
-
-
-def is_current(chapter: Path, out_dir: Path, smoke: bool) -> bool:
-    """True when out_dir holds this chapter executed from its current text and package."""
-    target = out_dir / f"{chapter.stem}.ipynb"
-    return (target.exists() and
-            nbformat.read(target, as_version=4).metadata.get("dstutor_build") == content_hash(chapter, smoke))

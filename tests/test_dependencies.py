@@ -1,7 +1,7 @@
 """dstutor.dependencies: a chapter's hash covers the package files it imports, and only those."""
 import textwrap
 
-from dstutor import chapters, dependencies
+from dstutor import chapters, dependencies, execution
 
 
 def fake_package(tmp_path, monkeypatch):
@@ -54,8 +54,8 @@ CHAPTER = textwrap.dedent('''\
 def test_chapter_hash_follows_its_imports_only(tmp_path, monkeypatch):
     path = tmp_path / "99_test.md"
     path.write_text(CHAPTER)
-    deps = names(chapters.chapter_dependencies(path), chapters.REPO_ROOT / "dstutor")
+    deps = names(execution.chapter_dependencies(path), chapters.REPO_ROOT / "dstutor")
     assert "train/seeds.py" in deps and "train/__init__.py" in deps
     assert not any(name.startswith("finetune/") for name in deps)
     path.write_text(CHAPTER.replace("seed_everything", "seed_everything\ndef broken(:"))
-    assert len(chapters.chapter_dependencies(path)) == len(list((chapters.REPO_ROOT / "dstutor").rglob("*.py")))
+    assert len(execution.chapter_dependencies(path)) == len(list((chapters.REPO_ROOT / "dstutor").rglob("*.py")))

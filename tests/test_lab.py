@@ -14,7 +14,8 @@ import urllib.request
 import jupytext
 import pytest
 
-from dstutor.chapters import NOTEBOOK_DIR, read_chapter
+from dstutor.chapters import NOTEBOOK_DIR
+from dstutor.execution import read_chapter
 from dstutor.lab import write_lab_settings
 from site_check import collapsed_solution_problems
 

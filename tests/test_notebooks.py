@@ -4,7 +4,8 @@ Executed chapters are saved where `book/build.py --smoke` looks, so the site tes
 """
 import pytest
 
-from dstutor.chapters import REPO_ROOT, ChapterError, chapter_paths, execute_chapter, missing_figures, save_executed
+from dstutor.chapters import REPO_ROOT, chapter_paths
+from dstutor.execution import ChapterError, execute_chapter, missing_figures, save_executed
 from dstutor.prose_check import typed_quantities
 
 SMOKE_BOOK_CHAPTERS = REPO_ROOT / "build" / "smoke-book" / "chapters"
