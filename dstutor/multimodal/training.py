@@ -1,0 +1,161 @@
+"""Training a dual encoder with the course Trainer: joint from scratch, or in stages, and its retrieval scores.
+
+Stages follow [Training essentials §3.2]: each tower pretrained on its own modality (images: a
+denoising autoencoder; captions: next-token prediction), then alignment with both towers frozen,
+then a joint fine-tune of everything. Each stage is one Trainer run with its own cosine schedule.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerFast
+
+from dstutor.multimodal.clip import DualEncoder, chance_recall, embed, recall_at_k
+from dstutor.multimodal.data import ImageSet, PairLoader, tokenize_captions
+from dstutor.multimodal.fusion import FusionMatcher, fused_similarity
+from dstutor.env import seed_everything
+from dstutor.train import TrainConfig, Trainer
+
+GUIDE_PROPORTIONS = (200, 200, 100, 50)  # [Training essentials §3.2]: image, text, alignment, joint (K steps)
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor
+    main_loss: torch.Tensor
+
+
+class ImageDenoiser(nn.Module):
+    """Unimodal image pretraining: rebuild the clean image from a noisy one through the encoder's features."""
+
+    def __init__(self, encoder: nn.Module, noise: float = 0.3):
+        super().__init__()
+        self.encoder, self.noise = encoder, noise
+        self.decoder = nn.Linear(encoder.features, encoder.channels * encoder.side ** 2)
+
+    def forward(self, pixels: torch.Tensor, **_) -> LossOutput:
+        rebuilt = self.decoder(self.encoder(pixels + self.noise * torch.randn_like(pixels))).view_as(pixels)
+        loss = F.mse_loss(rebuilt, pixels)
+        return LossOutput(loss, loss)
+
+
+@dataclass(frozen=True)
+class Stages:
+    """Optimiser steps per stage of progressive training."""
+
+    image: int   # image tower alone (denoising)
+    text: int    # text tower alone (next-token prediction on the training captions)
+    align: int   # projections, norms and temperature only; both towers frozen
+    joint: int   # everything
+
+    @property
+    def total(self) -> int:
+        return self.image + self.text + self.align + self.joint
+
+    @classmethod
+    def like_guide(cls, total: int) -> "Stages":
+        """`total` steps split in the guide's proportions 200K : 200K : 100K : 50K."""
+        if total < len(GUIDE_PROPORTIONS):
+            raise ValueError(f"staged training needs at least {len(GUIDE_PROPORTIONS)} steps, got {total}")
+        parts = [max(1, round(total * p / sum(GUIDE_PROPORTIONS))) for p in GUIDE_PROPORTIONS]
+        parts[-1] = total - sum(parts[:-1])
+        return cls(*parts)
+
+
+def fit_clip(model: DualEncoder | FusionMatcher, train: dict[str, torch.Tensor], val: dict[str, torch.Tensor],
+             config: TrainConfig, batch_size: int) -> pd.DataFrame:
+    """Contrastive training; validation loss on shuffled held-out batches of the same size (chance = ln B)."""
+    train_loader = PairLoader(train, batch_size, shuffle=True, seed=config.seed)
+    val_loader = PairLoader(val, min(batch_size, len(val["pixels"])), shuffle=True, seed=12345)
+    return Trainer(config).fit(model, train_loader, val_loader)
+
+
+def _stage(model: nn.Module, data: dict[str, torch.Tensor], config: TrainConfig, steps: int, batch_size: int,
+           name: str) -> pd.DataFrame:
+    history = Trainer(dataclasses.replace(config, steps=steps, eval_every=0)).fit(
+        model, PairLoader(data, batch_size, shuffle=True, seed=config.seed))
+    return history.assign(stage=name)
+
+
+def fit_staged(model: DualEncoder, train: dict[str, torch.Tensor], val: dict[str, torch.Tensor],
+               stages: Stages, config: TrainConfig, batch_size: int) -> pd.DataFrame:
+    """Progressive training; one history over all stages (`stage` column, `step` counted across them)."""
+    pieces = [_stage(ImageDenoiser(model.image_encoder), {"pixels": train["pixels"]}, config, stages.image,
+                     batch_size, "image"),
+              _stage(model.text_encoder.lm, {"input_ids": train["input_ids"], "labels": caption_labels(train)},
+                     config, stages.text, batch_size, "text")]
+    towers = [model.image_encoder, model.text_encoder]
+    for tower in towers:
+        tower.requires_grad_(False)
+    pieces.append(fit_clip(model, train, val, dataclasses.replace(config, steps=stages.align), batch_size)
+                  .assign(stage="align"))
+    for tower in towers:
+        tower.requires_grad_(True)
+    pieces.append(fit_clip(model, train, val, dataclasses.replace(config, steps=stages.joint), batch_size)
+                  .assign(stage="joint"))
+    offset = 0
+    for piece in pieces:
+        piece["step"] += offset
+        offset = int(piece["step"].max())
+    return pd.concat(pieces, ignore_index=True)
+
+
+def caption_labels(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Next-token labels for captions: the ids, with -100 after each caption's last real token."""
+    positions = torch.arange(tensors["input_ids"].shape[1])
+    return tensors["input_ids"].masked_fill(positions > tensors["last"][:, None], -100)
+
+
+def pair_similarity(model: DualEncoder | FusionMatcher, pixels: torch.Tensor, input_ids: torch.Tensor,
+                    last: torch.Tensor) -> torch.Tensor:
+    """(images, captions) scores: cosine of embeddings for a dual encoder, fused scores for a FusionMatcher."""
+    if isinstance(model, FusionMatcher):
+        return fused_similarity(model, pixels, input_ids, last)
+    return embed(model, pixels=pixels) @ embed(model, input_ids=input_ids, last=last).T
+
+
+def retrieval_scores(model: DualEncoder | FusionMatcher, pairs: pd.DataFrame, images: ImageSet, tokenizer: PreTrainedTokenizerFast,
+                     ks: tuple[int, ...] = (1, 5, 10)) -> pd.DataFrame:
+    """Recall@k both ways on held-out pairs (a hit: any item stating the same content), next to chance."""
+    unique = pairs.drop_duplicates("image")
+    ids, last = tokenize_captions(list(pairs.caption), tokenizer, 24)
+    similarity = pair_similarity(model, images.images[torch.tensor(unique.image.values)], ids, last)
+    relevant = torch.tensor(unique.content.to_numpy(dtype=object)[:, None] == pairs.content.to_numpy(dtype=object)[None, :])
+    rows = []
+    for direction, sim, rel in (("image→text", similarity, relevant), ("text→image", similarity.T, relevant.T)):
+        recall, chance = recall_at_k(sim, rel, ks), chance_recall(rel, ks)
+        rows += [{"direction": direction, "k": k, "recall": recall[k], "chance": chance[k]} for k in ks]
+    return pd.DataFrame(rows)
+
+
+def seeded_runs(variants: Mapping[str, Callable[[TrainConfig], tuple[nn.Module, pd.DataFrame]]], config: TrainConfig,
+                seeds: Sequence[int], score: Callable[[nn.Module], dict]) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
+    """Each variant once per seed (initialisation and batches follow it): one row of scores and seconds per run.
+
+    Returns the table, the model of the first seed per variant (for pictures), and every run's history.
+    """
+    if not seeds or not variants:
+        raise ValueError("seeded_runs needs at least one variant and one seed")
+    rows, models, histories = [], {}, []
+    bar = tqdm(total=len(variants) * len(seeds), desc="runs", leave=False)
+    for name, run in variants.items():
+        for seed in seeds:
+            bar.set_postfix_str(f"{name}, seed {seed}")
+            seed_everything(seed)
+            began = time.perf_counter()
+            model, history = run(dataclasses.replace(config, seed=seed, progress=False))  # one bar: the runs
+            bar.update(1)
+            rows.append({"variant": name, "seed": seed, "seconds": time.perf_counter() - began,
+                         "val_loss": history.val_loss.dropna().iloc[-1], **score(model)})
+            models.setdefault(name, model)
+            histories.append(history.assign(variant=name, seed=seed))
+    bar.close()
+    return pd.DataFrame(rows), models, pd.concat(histories, ignore_index=True)
