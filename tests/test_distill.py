@@ -1,0 +1,79 @@
+"""dstutor.distill: the KD loss against its definition, the Distiller in the Trainer; TRL's GRPO offline."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dstutor.distill import Distiller, distil_logits, distillation_loss, teacher_outputs
+from dstutor.rl import GRPOConfig, as_pairs, make_problems, supervised, task_model, task_tokenizer, total_reward
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return task_tokenizer()
+
+
+def test_distillation_loss_matches_the_guides_formula_on_labelled_positions():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 5, 7), torch.randn(2, 5, 7)
+    labels = torch.tensor([[-100, -100, 3, 4, 1], [-100, 2, 2, 6, -100]])
+    loss, kl, ce = distillation_loss(student, teacher, labels, temperature=2.0, alpha=0.7)
+    keep = labels[:, 1:] != -100
+    s, t = student[:, :-1][keep], teacher[:, :-1][keep]
+    # [Full training pipeline §6.2]: KLDivLoss(batchmean)(log_softmax(s/T), softmax(t/T))·T², plus CE on the labels
+    expected_kl = torch.nn.KLDivLoss(reduction="batchmean")(F.log_softmax(s / 2, -1), F.softmax(t / 2, -1)) * 4
+    assert torch.allclose(kl, expected_kl) and torch.allclose(ce, F.cross_entropy(s, labels[:, 1:][keep]))
+    assert torch.allclose(loss, 0.7 * expected_kl + 0.3 * ce)
+    assert distillation_loss(teacher, teacher, labels)[1].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_bad_distillation_settings_are_refused():
+    logits = torch.zeros(1, 3, 5)
+    with pytest.raises(ValueError, match="temperature"):
+        distillation_loss(logits, logits, torch.zeros(1, 3, dtype=torch.long), temperature=0)
+    with pytest.raises(ValueError, match="share a vocabulary"):
+        distillation_loss(logits, torch.zeros(1, 3, 6), torch.zeros(1, 3, dtype=torch.long))
+
+
+def test_logit_kd_trains_only_the_student_and_pulls_it_toward_the_teacher(tokenizer):
+    train, _ = make_problems("addition", (1,), 60, 1, seed=0)
+    teacher = task_model(tokenizer, "small", seed=1)
+    supervised(teacher, tokenizer, as_pairs(train), steps=40, lr=1e-2)
+    frozen = copy.deepcopy(teacher.state_dict())
+    student = task_model(tokenizer, "nano", seed=2)
+    encoded = tokenizer([p.prompt + p.solution for p in train[:8]], padding=True, return_tensors="pt")
+    batch, labels = encoded["input_ids"], encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
+
+    def kl_to_teacher():
+        with torch.no_grad():
+            return distillation_loss(student(batch).logits, teacher(batch).logits, labels)[1].item()
+
+    before = kl_to_teacher()
+    history = distil_logits(student, teacher, tokenizer, as_pairs(train), steps=30, lr=1e-2)
+    assert history.loss.iloc[-5:].mean() < history.loss.iloc[:5].mean()
+    assert kl_to_teacher() < before / 2
+    assert all(torch.equal(frozen[k], v) for k, v in teacher.state_dict().items())
+    model = Distiller(student, teacher).train()
+    assert model.student.training and not model.teacher.training
+
+
+def test_teacher_outputs_are_its_greedy_replies(tokenizer):
+    problems, _ = make_problems("addition", (1,), 5, 1, seed=0)
+    teacher = task_model(tokenizer, "nano", seed=0)
+    rows = teacher_outputs(teacher, tokenizer, problems, max_new_tokens=6)
+    assert list(rows.prompt) == [p.prompt for p in problems] and rows.answer.str.len().le(6 * 9).all()
+
+
+def test_trl_grpo_runs_offline_and_returns_our_model(tokenizer):
+    from dstutor.rl.trl_check import trl_grpo
+    train, _ = make_problems("addition", (1,), 20, 1, seed=0)
+    policy = task_model(tokenizer, "nano", seed=0)
+    supervised(policy, tokenizer, as_pairs(train), steps=30, lr=1e-2)  # so that rewards differ within groups
+    config = GRPOConfig(steps=2, prompts_per_step=4, group_size=4, max_new_tokens=24, lr=1e-3, progress=False)
+    trained, history = trl_grpo(policy, tokenizer, train, total_reward, config)
+    assert list(history.step) == [1, 2] and {"reward", "accuracy", "kl", "degenerate"} <= set(history.columns)
+    assert history.degenerate.min() < 1
+    assert type(trained) is type(policy)
+    assert {k: v.shape for k, v in trained.state_dict().items()} == {k: v.shape for k, v in policy.state_dict().items()}
+    assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), policy.state_dict().values()))
