@@ -33,7 +33,7 @@ class GRPOConfig:
     steps: int = 100               # policy updates (one batch of fresh rollouts each)
     prompts_per_step: int = 16     # problems per step, P
     group_size: int = 8            # completions per problem, G ≥ 2 (DeepSeekMath: 64; R1: 16)
-    lr: float = 1e-4               # AdamW learning rate, constant (DeepSeekMath: 1e-6 at 7B; tiny models take more)
+    lr: float = 1e-4               # AdamW learning rate after warmup, then constant (DeepSeekMath: 1e-6 at 7B)
     clip_eps: float = 0.2          # ε of the clipped ratio (PPO's usual 0.1–0.3)
     beta: float = 0.04             # weight of the KL penalty to the reference (DeepSeekMath: 0.04); 0: no reference
     temperature: float = 1.0       # sampling temperature of the rollouts (R1: 1.0 in RL)
@@ -50,7 +50,8 @@ class GRPOConfig:
         rules = {"steps": self.steps >= 1, "prompts_per_step": self.prompts_per_step >= 1,
                  "group_size": self.group_size >= 2, "lr": self.lr > 0, "clip_eps": 0 < self.clip_eps < 1,
                  "beta": self.beta >= 0, "temperature": self.temperature > 0, "max_new_tokens": self.max_new_tokens >= 1,
-                 "inner_steps": self.inner_steps >= 1, "warmup_steps": self.warmup_steps >= 0, "time_limit_s": self.time_limit_s is None or self.time_limit_s > 0}
+                 "inner_steps": self.inner_steps >= 1, "warmup_steps": self.warmup_steps >= 0,
+                 "time_limit_s": self.time_limit_s is None or self.time_limit_s > 0}
         for name, ok in rules.items():
             if not ok:
                 hint = " (advantages are normalised within a group: one sample has nothing to compare with)" \
@@ -72,7 +73,7 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
                       clip_eps: float) -> torch.Tensor:
-    """min(ρ·A, clip(ρ, 1 − ε, 1 + ε)·A) per token, with ρ = π/π_old: the update cannot profit from moving ρ far."""
+    """min(ρ·A, clip(ρ, 1 − ε, 1 + ε)·A) per token, ρ = π/π_old: an update cannot profit from moving ρ far."""
     ratio = torch.exp(logp - old_logp)
     return torch.minimum(ratio * advantages, ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages)
 
@@ -92,7 +93,11 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
     lengths = mask.sum(dim=1).clamp(min=1)
     loss = -((per_token * mask).sum(dim=1) / lengths).mean()
     clipped = ((torch.exp(logp - old_logp) - 1).abs() > clip_eps).float()
-    return loss, {"kl": ((kl * mask).sum() / mask.sum()).item(), "clip_fraction": ((clipped * mask).sum() / mask.sum()).item()}
+
+    def per_completion_token(values: torch.Tensor) -> float:
+        return ((values * mask).sum() / mask.sum()).item()
+
+    return loss, {"kl": per_completion_token(kl), "clip_fraction": per_completion_token(clipped)}
 
 
 def train_grpo(policy: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, problems: list[Problem], reward: Reward,
@@ -111,7 +116,7 @@ def train_grpo(policy: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, problems:
         reference.eval().requires_grad_(False)
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.lr,
                                   betas=(0.9, 0.99), weight_decay=0.0)
-    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (config.warmup_steps + 1)))
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / (config.warmup_steps + 1)))
     rng, generator = random.Random(config.seed), torch.Generator().manual_seed(config.seed)
     rows, trained_s = [], 0.0  # GRPO's own time: callbacks (evaluations) are not counted
     for step in tqdm(range(config.steps), desc="GRPO", disable=not config.progress, leave=False):
