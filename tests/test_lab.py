@@ -13,6 +13,7 @@ import urllib.request
 
 import jupytext
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from dstutor.chapters import NOTEBOOK_DIR
 from dstutor.execution import read_chapter
@@ -107,15 +108,35 @@ def failed_cells(tab) -> list[str]:
                      + cell.querySelector('.jp-OutputArea').textContent.slice(-1500))""")
 
 
+KERNEL_STATUS = "() => document.querySelector('.jp-Notebook-ExecutionIndicator')?.dataset.status"
+PROMPTS = "() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')].map(p => p.textContent.trim())"
+
+
 def run_all(tab) -> None:
-    """Run every cell from the Run menu and wait until all have run, failing with the first error."""
-    tab.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-    tab.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+    """Run every cell from the Run menu and wait until all have run, failing with the first error.
+
+    On a loaded machine the kernel may still be starting when the notebook renders, and a menu
+    command clicked then does nothing: wait for an idle kernel, and click again if no cell started.
+    """
+    tab.wait_for_function(f"() => ({KERNEL_STATUS})() === 'idle'", timeout=180_000, polling=500)
+    started = "() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')].some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))"
+    for _ in range(3):
+        tab.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        tab.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        try:
+            tab.wait_for_function(started, timeout=30_000, polling=500)
+            break
+        except PlaywrightTimeout:
+            tab.keyboard.press("Escape")  # close the menu if it stayed open
     # textContent, not innerText: Lab skips rendering cells outside the viewport, whose innerText is empty
     done = """() => { const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')];
                       const failed = /Traceback \\(most recent call last\\)/.test(document.querySelector('.jp-Notebook').textContent);
                       return failed || (prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent))); }"""
-    tab.wait_for_function(done, timeout=RUN_ALL_TIMEOUT_MS, polling=1000)
+    try:
+        tab.wait_for_function(done, timeout=RUN_ALL_TIMEOUT_MS, polling=1000)
+    except PlaywrightTimeout:
+        pytest.fail(f"the cells did not all run in {RUN_ALL_TIMEOUT_MS / 1000:.0f} s: kernel {tab.evaluate(KERNEL_STATUS)!r}, "
+                    f"prompts {tab.evaluate(PROMPTS)}\nconsole:\n" + "\n".join(tab.console[-20:]))
     errors = failed_cells(tab)
     assert not errors, "cells failed in JupyterLab:\n" + "\n\n".join(errors) + "\nconsole:\n" + "\n".join(tab.console[-20:])
 
