@@ -1,0 +1,1 @@
+"""Continual, online and private learning: forgetting measured on a task sequence, and what reduces it."""
