@@ -41,6 +41,15 @@ def pattern_task(name, low, high, seed):
     return Task(name, blocks[:40], blocks[40:])
 
 
+def test_held_out_documents_are_those_the_pretrained_base_never_saw():
+    import inspect
+
+    from dstutor import zoo
+    from dstutor.continual import tasks
+
+    assert tasks.HELD_OUT == inspect.signature(zoo.course_blocks).parameters["val_fraction"].default
+
+
 def test_metrics_on_a_hand_computed_matrix():
     assert final_loss(R) == pytest.approx((4.2 + 4.4 + 5.0) / 3)
     # a: final 4.2 vs best after learning it (min of 3.0, 3.6) = 1.2; b: 4.4 − 4.0 = 0.4

@@ -12,6 +12,7 @@ from transformers import PreTrainedTokenizerFast
 from dstutor.data.packing import pack, split_by_document
 from dstutor.data.sources import load_corpus
 
+HELD_OUT = 0.05  # test documents by hash: the zoo's validation split (course_blocks), never pretrained on
 CHUNK_CHARS = 400  # documents are cut into pieces this long before shuffling (≈ 1–3 blocks each)
 
 
@@ -47,10 +48,14 @@ def _shuffled_chunks(documents: datasets.Dataset, seed: int) -> list[str]:
 
 def domain_task(name: str, tokenizer: PreTrainedTokenizerFast, block_size: int, n_train: int, n_test: int,
                 seed: int = 0) -> Task:
-    """Blocks of one course corpus; train and test come from disjoint documents (10 % held out by hash)."""
+    """Blocks of one course corpus; train and test come from disjoint documents.
+
+    The test documents are the zoo's validation documents (the same hash split, same fraction), so
+    the pretrained base model has never trained on them either.
+    """
     if min(block_size, n_train, n_test) < 1:
         raise ValueError(f"block_size={block_size}, n_train={n_train} and n_test={n_test} must all be ≥ 1")
-    train_docs, test_docs = split_by_document(load_corpus(name), val_fraction=0.1)
+    train_docs, test_docs = split_by_document(load_corpus(name), val_fraction=HELD_OUT)
     return Task(name, _blocks(_shuffled_chunks(train_docs, seed), tokenizer, block_size, n_train, name),
                 _blocks(_shuffled_chunks(test_docs, seed), tokenizer, block_size, n_test, name))
 
