@@ -7,6 +7,7 @@ conversion is Balle et al. 2020 Thm 21, as in opacus.
 """
 from __future__ import annotations
 
+import copy
 import math
 import re
 import warnings
@@ -111,14 +112,15 @@ def dp_finetune(model: nn.Module, train_blocks: torch.Tensor, val_blocks: torch.
 
 
 def opacus_support(model: nn.Module) -> pd.DataFrame:
-    """What opacus makes of a model: its validator's complaints and whether GradSampleModule wraps it."""
+    """What opacus makes of a model (a training-mode copy): its validator's complaints and whether GradSampleModule wraps it."""
+    model = copy.deepcopy(model).train()  # the validator also complains about eval mode, which is not the model's fault
     complaints = [str(error) for error in ModuleValidator.validate(model, strict=False)]
     rows = [{"check": "ModuleValidator.validate", "result": c} for c in complaints] or \
         [{"check": "ModuleValidator.validate", "result": "no complaints"}]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            GradSampleModule(model)._close()  # _close removes the hooks again: the model is left as it was
+            GradSampleModule(model)._close()
         rows.append({"check": "GradSampleModule", "result": "wraps the model: per-sample gradients available"})
     except NotImplementedError as error:
         reasons = sorted(set(re.findall(r"\((model\.[^:]+:\w+)\(\)\)", str(error))))

@@ -42,8 +42,11 @@ def mean_spread(results: pd.DataFrame, x: str, y: str, by: str, title: str, xlab
         stats = group.groupby(x)[y].agg(["mean", "min", "max"]).sort_index()
         ax.errorbar(stats.index, stats["mean"], yerr=[stats["mean"] - stats["min"], stats["max"] - stats["mean"]],
                     marker="o", capsize=3, label=str(name))
-    if logx:
+    if logx:  # ticks at the measured values, in plain numbers
         ax.set_xscale("log")
+        ax.minorticks_off()
+        values = sorted(results[x].unique())
+        ax.set_xticks(values, [f"{v:g}" for v in values])
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
