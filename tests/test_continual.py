@@ -16,8 +16,8 @@ from dstutor.continual.privacy import clipped_noisy_gradient, opacus_support, pe
 from dstutor.continual.replay import ReplayBuffer, rank_probabilities
 from dstutor.continual.strategies import Strategy, freeze_for_stage, run_sequence
 from dstutor.continual.tasks import Task, task_sequence
-from dstutor.models import DeepSeekConfig, DeepSeekLM
 from dstutor.train import TrainConfig, Trainer
+from tiny import tiny_lm as tiny
 
 # rows: before, after task a, after task b, after task c; columns: tasks a, b, c (losses)
 R = np.array([[5.0, 6.0, 7.0],
@@ -27,10 +27,7 @@ R = np.array([[5.0, 6.0, 7.0],
 
 
 def tiny_lm(seed=0, **changes):
-    torch.manual_seed(seed)
-    return DeepSeekLM(DeepSeekConfig.preset("nano", vocab_size=64, hidden_size=32, num_heads=2, kv_lora_rank=16,
-                                            qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8, intermediate_size=48,
-                                            moe_intermediate_size=16, num_layers=3, **changes))
+    return tiny(seed, vocab_size=64, **changes)
 
 
 def pattern_task(name, low, high, seed):

@@ -12,15 +12,8 @@ from dstutor.finetune.lora import add_lora, adapted_weights, lora_config
 from dstutor.finetune.methods import Method, finetune
 from dstutor.finetune.multitask import TASKS, MultiTaskModel, paired_tasks
 from dstutor.finetune.sft import IGNORE, encode_sft, prompt_ids, sft_example
-from dstutor.models import DeepSeekConfig, DeepSeekLM
 from dstutor.train import TrainConfig
-
-
-def tiny_lm(seed=0, **changes):
-    torch.manual_seed(seed)
-    return DeepSeekLM(DeepSeekConfig.preset("nano", vocab_size=300, hidden_size=32, num_heads=2, kv_lora_rank=16,
-                                            qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8, intermediate_size=48,
-                                            moe_intermediate_size=16, num_layers=3, **changes))
+from tiny import tiny_lm
 
 
 @pytest.fixture(scope="module")
