@@ -1,0 +1,121 @@
+"""Text and label metrics with bootstrap confidence intervals: accuracy, macro-F1, chrF, BLEU, ROUGE.
+
+BLEU and chrF come from sacrebleu (BLEU with its "zh" tokenizer when the references hold Chinese, so
+each character is a word); ROUGE from rouge-score with a tokenizer that keeps Chinese characters,
+which its default tokenizer silently drops.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import sacrebleu
+from rouge_score import rouge_scorer
+from sklearn.metrics import accuracy_score, f1_score
+
+CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+UNITS = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[^\W\u3400-\u9fff\uf900-\ufaff]+")  # one Chinese character, or a word
+
+
+class CharacterTokenizer:
+    """rouge-score tokenizer: each Chinese character is a token, other text splits into words (lower-cased)."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return UNITS.findall(text.lower())
+
+
+def _has_chinese(texts: Sequence[str]) -> bool:
+    return any(CJK.search(text) for text in texts)
+
+
+def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus BLEU-4 (0–100); tokenize='zh' when the references contain Chinese, '13a' otherwise."""
+    tokenize = "zh" if _has_chinese(references) else "13a"
+    return sacrebleu.corpus_bleu(list(predictions), [list(references)], tokenize=tokenize).score
+
+
+def chrf(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus chrF (character 6-gram F-score, β = 2, 0–100): needs no word segmentation."""
+    return sacrebleu.corpus_chrf(list(predictions), [list(references)]).score
+
+
+def _rouge(kind: str) -> Callable[[Sequence[str], Sequence[str]], float]:
+    scorer = rouge_scorer.RougeScorer([kind], tokenizer=CharacterTokenizer())
+
+    def score(predictions: Sequence[str], references: Sequence[str]) -> float:
+        return 100 * float(np.mean([scorer.score(r, p)[kind].fmeasure for p, r in zip(predictions, references)]))
+    score.__doc__ = f"Mean {kind} F-measure over the pairs (0–100), Chinese scored per character."
+    return score
+
+
+def accuracy(predictions: Sequence[int], references: Sequence[int]) -> float:
+    """Share of exact matches (0–1)."""
+    return float(accuracy_score(references, predictions))
+
+
+def macro_f1(predictions: Sequence[int], references: Sequence[int]) -> float:
+    """Mean of the per-class F1 over the classes in the references (0–1): a constant guess scores low."""
+    return float(f1_score(references, predictions, labels=sorted(set(references)), average="macro", zero_division=0))
+
+
+METRICS: dict[str, Callable[[Sequence, Sequence], float]] = {
+    "accuracy": accuracy, "macro_f1": macro_f1, "bleu": bleu, "chrf": chrf,
+    "rouge1": _rouge("rouge1"), "rougeL": _rouge("rougeL"),
+}
+
+
+def check_pairs(predictions: Sequence, references: Sequence) -> None:
+    """Raise ValueError unless predictions and references are non-empty and equally long."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references: they must pair up")
+    if not len(predictions):
+        raise ValueError("no predictions to score: the lists are empty")
+
+
+def metric(name: str) -> Callable[[Sequence, Sequence], float]:
+    """The metric function called `name`; ValueError listing the known ones otherwise."""
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {name!r}; choose one of {sorted(METRICS)}")
+    return METRICS[name]
+
+
+def score(name: str, predictions: Sequence, references: Sequence) -> float:
+    """The named metric of the predictions against the references."""
+    function = metric(name)
+    check_pairs(predictions, references)
+    return function(predictions, references)
+
+
+def bootstrap_ci(statistic: Callable[[np.ndarray], float], n: int, n_boot: int = 1000, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of statistic(indices) over n items resampled with replacement."""
+    if n < 1 or n_boot < 1 or not 0 < level < 1:
+        raise ValueError(f"need n ≥ 1, n_boot ≥ 1 and 0 < level < 1; got n={n}, n_boot={n_boot}, level={level}")
+    rng = np.random.default_rng(seed)
+    values = [statistic(rng.integers(0, n, n)) for _ in range(n_boot)]
+    tail = (1 - level) / 2
+    low, high = np.quantile(values, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def score_with_ci(name: str, predictions: Sequence, references: Sequence, n_boot: int = 1000,
+                  seed: int = 0) -> tuple[float, float, float]:
+    """(value, ci_low, ci_high) of the named metric; the interval resamples the items (corpus metrics recomputed)."""
+    function = metric(name)
+    check_pairs(predictions, references)
+    predictions, references = list(predictions), list(references)
+
+    def on(indices: np.ndarray) -> float:
+        return function([predictions[i] for i in indices], [references[i] for i in indices])
+    return (function(predictions, references), *bootstrap_ci(on, len(predictions), n_boot, seed=seed))
+
+
+def mean_with_ci(values: Sequence[float], transform: Callable[[float], float] = float, n_boot: int = 1000,
+                 seed: int = 0) -> tuple[float, float, float]:
+    """(transform(mean), ci_low, ci_high) of per-item values, e.g. exp of the mean loss: perplexity."""
+    array = np.asarray(values, dtype=float)
+    if array.size == 0:
+        raise ValueError("no values to average: the list is empty")
+    return (transform(array.mean()),
+            *bootstrap_ci(lambda idx: transform(array[idx].mean()), array.size, n_boot, seed=seed))

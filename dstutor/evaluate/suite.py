@@ -1,0 +1,160 @@
+"""The course's evaluation suite and `evaluate(model_or_path, suite) -> tidy DataFrame`.
+
+One row per (model, task, metric) with a bootstrap 95 % interval over the items and, for accuracy and
+macro-F1, the score of guessing at random, so a number at chance is seen to be at chance.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from dstutor.continual.tasks import HELD_OUT
+from dstutor.data.packing import split_by_document
+from dstutor.data.sources import load_corpus
+from dstutor.evaluate.metrics import mean_with_ci, score_with_ci
+from dstutor.evaluate.scoring import choice_predictions, greedy_answers, speed, text_losses
+from dstutor.finetune.classify import sentiment_splits
+from dstutor.finetune.sft import idiom_instructions, split_by_idiom
+from dstutor.models import DeepSeekLM
+from dstutor.models.hf import load_pretrained
+
+COLUMNS = ["model", "task", "metric", "value", "ci_low", "ci_high", "n", "chance"]
+SENTIMENT_CHOICES = ("差评", "好评")  # label 0 negative, 1 positive (dstutor.finetune.classify.SENTIMENTS)
+
+
+@dataclass
+class Suite:
+    """What evaluate() measures: held-out texts per domain, multiple-choice tasks, generation tasks."""
+
+    perplexity: dict[str, list[str]]                    # domain → held-out texts (perplexity on their first tokens)
+    choices: dict[str, list[dict]]                      # task → docs {question, context, choices, label}
+    generation: dict[str, pd.DataFrame] = field(default_factory=dict)  # task → rows (prompt, answer): chrF, BLEU, ROUGE
+    speed_prompt: str = "“一心一意”是什么意思？"          # the request latency and throughput are timed on
+    max_tokens: int = 64                                # tokens per text the perplexity is taken over
+    max_new_tokens: int = 24                            # greedy tokens per generated answer
+    n_boot: int = 1000                                  # bootstrap resamples per interval (200 is enough for a sketch)
+    seed: int = 0                                       # seeds the bootstrap
+
+
+def held_out_texts(corpus: str, n: int, chars: int = 200, seed: int = 0) -> list[str]:
+    """n pieces of up to `chars` characters from the corpus documents the zoo's models never trained on."""
+    _, held_out = split_by_document(load_corpus(corpus), val_fraction=HELD_OUT)
+    # Short documents (a Tang poem) are one piece; long ones are cut, leaving no stub shorter than chars / 2.
+    pieces = [text[i:i + chars] for text in held_out["text"] for i in range(0, max(1, len(text) - chars // 2), chars)]
+    if len(pieces) < n:
+        raise ValueError(f"corpus {corpus!r} has {len(pieces)} held-out pieces of {chars} characters; asked for {n}")
+    order = np.random.default_rng(seed).permutation(len(pieces))[:n]
+    return [pieces[i] for i in order]
+
+
+def chat_context(tokenizer: PreTrainedTokenizerFast, question: str) -> str:
+    """The user turn in the chat template, ending where the assistant's answer starts."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                         tokenize=False)
+
+
+def idiom_choice_docs(pairs: pd.DataFrame, tokenizer: PreTrainedTokenizerFast, n: int, options: int = 4,
+                      seed: int = 0) -> list[dict]:
+    """'What does X mean?' with the true explanation among options − 1 explanations of other idioms."""
+    meanings = pairs[pairs.direction == "idiom → explanation"].drop_duplicates("idiom").reset_index(drop=True)
+    if len(meanings) < max(n, options):
+        raise ValueError(f"need ≥ {max(n, options)} idioms for {n} questions with {options} options; got {len(meanings)}")
+    rng = np.random.default_rng(seed)
+    docs = []
+    for row in meanings.iloc[:n].itertuples():
+        others = meanings.answer[meanings.answer != row.answer].drop_duplicates()
+        choices = list(rng.choice(others.to_numpy(), options - 1, replace=False))
+        label = int(rng.integers(options))
+        choices.insert(label, row.answer)
+        docs.append({"question": row.prompt, "context": chat_context(tokenizer, row.prompt), "choices": choices,
+                     "label": label})
+    return docs
+
+
+def sentiment_question(review: str) -> str:
+    """The zero-shot sentiment question about one review."""
+    return f"评论：{review}\n这条评论是好评还是差评？"
+
+
+def sentiment_docs(reviews: pd.DataFrame, tokenizer: PreTrainedTokenizerFast, n: int, chars: int = 60) -> list[dict]:
+    """Zero-shot sentiment: a review, then 'positive or negative?' answered by the likelier label word."""
+    questions = [sentiment_question(text[:chars]) for text in reviews.text[:n]]
+    return [{"question": q, "context": chat_context(tokenizer, q), "choices": list(SENTIMENT_CHOICES), "label": int(label)}
+            for q, label in zip(questions, reviews.label[:n])]
+
+
+def course_suite(tokenizer: PreTrainedTokenizerFast, n_texts: int = 64, n_docs: int = 100, n_generate: int = 48,
+                 seen_idioms: int = 100, domains: Sequence[str] = ("tang_poems", "reviews", "python_code", "shakespeare"),
+                 seed: int = 0) -> tuple[Suite, pd.DataFrame]:
+    """The suite every course model goes through, and the instruction pairs of the `seen_idioms` a fine-tune trains on.
+
+    'seen' tasks ask about those idioms, 'unseen' tasks about idioms no course model trained on.
+    """
+    if not 0 < min(n_docs, n_generate) <= seen_idioms:
+        raise ValueError(f"need 0 < n_docs={n_docs} and n_generate={n_generate} ≤ seen_idioms={seen_idioms}")
+    pairs = idiom_instructions(seed=seed)
+    unseen_pairs, seen_pairs = split_by_idiom(pairs, seen_idioms, seed=seed)
+    _, reviews, _ = sentiment_splits(test_size=max(n_docs, 100), seed=seed)
+    explain = {name: frame[frame.direction == "idiom → explanation"].iloc[:n_generate][["prompt", "answer"]]
+               for name, frame in (("seen", seen_pairs), ("unseen", unseen_pairs))}
+    suite = Suite(
+        perplexity={name: held_out_texts(name, n_texts, seed=seed) for name in domains},
+        choices={"idiom_mc_seen": idiom_choice_docs(seen_pairs, tokenizer, n_docs, seed=seed),
+                 "idiom_mc_unseen": idiom_choice_docs(unseen_pairs, tokenizer, n_docs, seed=seed),
+                 "sentiment": sentiment_docs(reviews, tokenizer, n_docs)},
+        generation={f"explain_{name}": frame.reset_index(drop=True) for name, frame in explain.items()},
+        seed=seed)
+    return suite, seen_pairs
+
+
+def chance_levels(docs: Sequence[dict]) -> dict[str, float]:
+    """Expected accuracy and macro-F1 of a uniform random guess (per class: precision = its share, recall = 1/K)."""
+    k = np.mean([len(doc["choices"]) for doc in docs])
+    shares = pd.Series([doc["label"] for doc in docs]).value_counts(normalize=True)
+    return {"accuracy": 1 / k, "macro_f1": float(np.mean([2 * s / k / (s + 1 / k) for s in shares]))}
+
+
+def load_for_evaluation(path: str | Path) -> tuple[DeepSeekLM, PreTrainedTokenizerFast]:
+    """A saved checkpoint folder (transformers format, tokenizer beside it) as a model and its tokenizer."""
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"no checkpoint at {str(path)!r}: expected a folder with config.json and "
+                                f"model.safetensors (dstutor.models.hf.save_pretrained writes one)")
+    return load_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+
+
+def evaluate(model_or_path: DeepSeekLM | str | Path, suite: Suite, tokenizer: PreTrainedTokenizerFast | None = None,
+             name: str | None = None) -> pd.DataFrame:
+    """Every measure of the suite for one model, as tidy rows (model, task, metric, value, ci_low, ci_high, n, chance)."""
+    if isinstance(model_or_path, (str, Path)):
+        model, tokenizer = load_for_evaluation(model_or_path)
+        name = name or Path(model_or_path).name
+    elif tokenizer is None:
+        raise ValueError("pass the tokenizer with an in-memory model (a checkpoint folder brings its own)")
+    else:
+        model = model_or_path.eval()
+    name = name or "model"
+    boot = {"n_boot": suite.n_boot, "seed": suite.seed}
+    rows = []
+    for domain, texts in suite.perplexity.items():
+        losses = text_losses(model, tokenizer, texts, suite.max_tokens)
+        rows.append((f"perplexity/{domain}", "perplexity", *mean_with_ci(losses, np.exp, **boot), len(texts), np.nan))
+    for task, docs in suite.choices.items():
+        predictions, _ = choice_predictions(model, tokenizer, docs)
+        labels, chance = [doc["label"] for doc in docs], chance_levels(docs)
+        for metric in ("accuracy", "macro_f1"):
+            rows.append((task, metric, *score_with_ci(metric, predictions, labels, **boot), len(docs), chance[metric]))
+    for task, pairs in suite.generation.items():
+        replies = greedy_answers(model, tokenizer, list(pairs.prompt), suite.max_new_tokens)
+        for metric in ("chrf", "bleu", "rougeL"):
+            rows.append((task, metric, *score_with_ci(metric, replies, list(pairs.answer), **boot), len(pairs), np.nan))
+    timing = speed(model, tokenizer, suite.speed_prompt, suite.max_new_tokens)
+    rows.append(("speed", "latency_s", timing["latency_s"], timing["latency_low"], timing["latency_high"], 1, np.nan))
+    rows.append(("speed", "tokens_per_s", timing["tokens_per_s"], suite.max_new_tokens / timing["latency_high"],
+                 suite.max_new_tokens / timing["latency_low"], 1, np.nan))
+    return pd.DataFrame([(name, *row) for row in rows], columns=COLUMNS)

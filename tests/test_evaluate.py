@@ -1,0 +1,200 @@
+"""dstutor.evaluate: metrics on hand-computed cases, bootstrap coverage, deterministic noise, adversarial
+validation, lm-eval offline equal to our scoring, the matrix, and the errors the issue names."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dstutor.data.tokenizer import train_tokenizer
+from dstutor.evaluate.adversarial import adversarial_auc, detection_rate
+from dstutor.evaluate.harness import export_checkpoint, run_lm_eval, write_task
+from dstutor.evaluate.matrix import SEED_WEIGHTS, dimension_scores, top_model_stability, weighted_score
+from dstutor.evaluate.metrics import bootstrap_ci, mean_with_ci, score, score_with_ci
+from dstutor.evaluate.noise import KINDS, add_noise, noisy
+from dstutor.evaluate.probes import counterfactual_gap, robustness_score
+from dstutor.evaluate.scoring import attention_entropy, choice_predictions, continuation_logliks
+from dstutor.evaluate.suite import Suite, chance_levels, chat_context, evaluate
+from dstutor.widgets.weights import WeightsPanel
+from tiny import tiny_lm
+
+REVIEWS = ["房间很干净，服务也很好，下次还来。", "质量太差了，用了两天就坏了。", "物流很快，包装完好，推荐购买！",
+           "客服态度恶劣，再也不买了。", "性价比很高，和描述一致。", "味道一般，价格偏贵。"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    texts = REVIEWS * 10 + ["画蛇添足是什么意思？多此一举。", "一心一意：专心", "好评 差评 这条评论是好评还是差评？"] * 10
+    return train_tokenizer(texts, vocab_size=300, min_frequency=1)
+
+
+@pytest.fixture(scope="module")
+def docs(tokenizer):
+    rng = np.random.default_rng(0)
+    return [{"question": f"评论：{text}", "context": chat_context(tokenizer, f"评论：{text}"),
+             "choices": ["好评", "差评", "一般"], "label": int(rng.integers(3))} for text in REVIEWS]
+
+
+def test_bleu_on_chinese_counts_characters_and_matches_the_formula():
+    # Every n-gram of the 4-character hypothesis is in the 7-character reference: BLEU = brevity penalty.
+    assert score("bleu", ["我爱北京"], ["我爱北京天安门"]) == pytest.approx(100 * math.exp(1 - 7 / 4), abs=1e-6)
+    assert score("bleu", ["the cat sat on the mat"], ["the cat sat on the mat"]) == pytest.approx(100)
+
+
+def test_chrf_and_rouge_on_hand_computed_cases():
+    assert score("chrf", ["画蛇添足"], ["画蛇添足"]) == pytest.approx(100)
+    assert score("chrf", ["画蛇添足"], ["一心一意"]) == pytest.approx(0)
+    # 2 of 4 characters shared: precision = recall = 1/2 → F = 50 (rouge-score's own tokenizer would drop them all)
+    assert score("rouge1", ["我爱北京"], ["我爱上海"]) == pytest.approx(50)
+    assert score("rougeL", ["北京我爱"], ["我爱北京"]) == pytest.approx(50)
+    assert score("rouge1", ["Hello world"], ["hello there"]) == pytest.approx(50)
+
+
+def test_accuracy_and_macro_f1_of_a_constant_guess():
+    assert score("accuracy", [0, 0, 0, 0], [0, 0, 1, 1]) == 0.5
+    # class 0: precision 1/2, recall 1 → F1 2/3; class 1 never predicted → 0; mean 1/3
+    assert score("macro_f1", [0, 0, 0, 0], [0, 0, 1, 1]) == pytest.approx(1 / 3)
+    assert chance_levels([{"choices": ["a", "b"], "label": 0}, {"choices": ["a", "b"], "label": 1}]) == \
+        pytest.approx({"accuracy": 0.5, "macro_f1": 0.5})
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: score("perplexity2", [1], [1]), "unknown metric 'perplexity2'"),
+    (lambda: score("chrf", [], []), "empty"),
+    (lambda: score("bleu", ["a", "b"], ["a"]), "2 predictions but 1 references"),
+    (lambda: mean_with_ci([]), "empty"),
+])
+def test_bad_metric_inputs_raise_clear_errors(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_bootstrap_interval_covers_the_truth_about_95_percent_of_the_time():
+    rng = np.random.default_rng(0)
+    covered = 0
+    for trial in range(60):
+        sample = rng.binomial(1, 0.3, 200)
+        _, low, high = score_with_ci("accuracy", sample.tolist(), [1] * 200, n_boot=300, seed=trial)
+        covered += low <= 0.3 <= high
+    assert covered / 60 >= 0.85
+    low, high = bootstrap_ci(lambda idx: float(np.arange(10)[idx].mean()), 10, n_boot=200)
+    assert low < 4.5 < high
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_noise_is_deterministic_by_seed_and_zero_level_is_identity(kind):
+    text = "床前明月光，疑是地上霜。Hello, world 123!" * 3
+    assert add_noise(text, kind, 0.3, seed=1) == add_noise(text, kind, 0.3, seed=1)
+    assert add_noise(text, kind, 0.3, seed=1) != add_noise(text, kind, 0.3, seed=2)
+    assert add_noise(text, kind, 0.0, seed=1) == text
+    assert noisy([text, text], kind, 0.3, seed=1)[0] == add_noise(text, kind, 0.3, seed=1)
+
+
+def test_noise_kinds_do_what_they_say():
+    assert add_noise("abc 123", "width", 1.0) == "ａｂｃ\u3000１２３"
+    assert add_noise("ａｂｃ", "width", 1.0) == "abc"
+    assert add_noise("舉頭望明月", "script", 1.0) == "举头望明月"
+    assert sorted(add_noise("abcdefgh", "swap", 0.5, seed=3)) == sorted("abcdefgh")
+    with pytest.raises(ValueError, match="unknown noise kind 'blur'"):
+        add_noise("x", "blur", 0.1)
+    with pytest.raises(ValueError, match=r"\[0, 1\], got 1.5"):
+        add_noise("x", "typo", 1.5)
+
+
+def test_adversarial_validation_is_chance_on_one_distribution_and_high_on_a_shifted_one():
+    rng = np.random.default_rng(0)
+    pool = ["".join(rng.choice(list("房间干净服务很好质量太差物流快包装价格贵"), 12)) for _ in range(400)]
+    assert abs(adversarial_auc(pool[:200], pool[200:]) - 0.5) < 0.1
+    assert adversarial_auc(pool[:200], noisy(pool[200:], "script", 0.6)) > 0.95
+    assert detection_rate(np.arange(100), [200, 50]) == 0.5
+    with pytest.raises(ValueError, match="folds=5"):
+        adversarial_auc(pool[:3], pool[3:10])
+
+
+def test_our_choice_scores_equal_lm_eval_offline(tokenizer, docs, tmp_path):
+    model = tiny_lm().eval()
+    export_checkpoint(model, tokenizer, tmp_path / "checkpoint")
+    write_task(tmp_path / "tasks", "reviews_mc", docs)
+    table, logliks = run_lm_eval(tmp_path / "checkpoint", tmp_path / "tasks", ["reviews_mc"])
+    predictions, ours = choice_predictions(model, tokenizer, docs)
+    assert np.abs(np.concatenate(ours) - np.concatenate(logliks["reviews_mc"])).max() < 1e-4
+    assert table.accuracy[0] == pytest.approx(np.mean([p == d["label"] for p, d in zip(predictions, docs)]))
+    assert table.n[0] == len(docs)
+
+
+def test_continuation_loglik_is_the_sum_of_next_token_log_probabilities(tokenizer):
+    model = tiny_lm().eval()
+    context, continuation = chat_context(tokenizer, "一心一意"), "专心"
+    ids = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+    n = len(ids) - len(tokenizer(context, add_special_tokens=False)["input_ids"])
+    logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1], -1)
+    expected = sum(logprobs[i - 1, ids[i]].item() for i in range(len(ids) - n, len(ids)))
+    assert continuation_logliks(model, tokenizer, [(context, continuation)])[0] == pytest.approx(expected, abs=1e-4)
+
+
+def test_evaluate_returns_tidy_rows_and_a_saved_checkpoint_scores_the_same(tokenizer, docs, tmp_path):
+    suite = Suite(perplexity={"reviews": REVIEWS}, choices={"reviews_mc": docs},
+                  generation={"echo": pd.DataFrame({"prompt": REVIEWS[:2], "answer": REVIEWS[:2]})},
+                  max_new_tokens=4, n_boot=50)
+    model = tiny_lm().eval()
+    table = evaluate(model, suite, tokenizer, name="tiny")
+    assert list(table.columns) == ["model", "task", "metric", "value", "ci_low", "ci_high", "n", "chance"]
+    assert set(table.metric) == {"perplexity", "accuracy", "macro_f1", "chrf", "bleu", "rougeL", "latency_s", "tokens_per_s"}
+    assert (table.ci_low <= table.value + 1e-9).all() and (table.value <= table.ci_high + 1e-9).all()
+    assert table.set_index("metric").chance["accuracy"] == pytest.approx(1 / 3)
+    export_checkpoint(model, tokenizer, tmp_path / "saved")
+    again = evaluate(tmp_path / "saved", suite)
+    ppl = lambda t: t[t.metric == "perplexity"].value.item()
+    assert again.model[0] == "saved" and ppl(again) == pytest.approx(ppl(table), rel=1e-5)
+
+
+def test_evaluate_errors_name_the_problem(tokenizer, tmp_path):
+    suite = Suite(perplexity={}, choices={})
+    with pytest.raises(FileNotFoundError, match="no checkpoint at .*missing"):
+        evaluate(tmp_path / "missing", suite)
+    with pytest.raises(ValueError, match="pass the tokenizer"):
+        evaluate(tiny_lm(), suite)
+    with pytest.raises(ValueError, match="task is empty"):
+        choice_predictions(tiny_lm(), tokenizer, [])
+
+
+def test_attention_concentration_lies_in_0_1_per_layer_and_head(tokenizer):
+    model = tiny_lm().eval()
+    table = attention_entropy(model, torch.tensor([tokenizer(REVIEWS[0])["input_ids"][:12]]))
+    assert len(table) == model.config.num_layers * model.config.num_heads
+    assert table.concentration.between(0, 1).all() and (table.entropy >= 0).all()
+
+
+def test_counterfactual_gap_is_zero_for_identical_variants(tokenizer):
+    result = counterfactual_gap(tiny_lm(), tokenizer, REVIEWS, variants=("我", "我"), n_boot=50)
+    assert result["gap"] == pytest.approx(0, abs=1e-7) and result["mean_abs_change"] == pytest.approx(0, abs=1e-7)
+
+
+def test_robustness_score_is_clean_over_noisy_perplexity():
+    curve = pd.DataFrame({"kind": ["typo", "typo", "swap", "swap"], "level": [0, 0.1, 0, 0.1],
+                          "perplexity": [10.0, 20.0, 10.0, 10.0], "accuracy": [0.5] * 4})
+    assert robustness_score(curve, 0.1) == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="levels 0 and 0.3"):
+        robustness_score(curve, 0.3)
+
+
+def test_matrix_weights_and_the_widget_rerank_models():
+    measures = pd.DataFrame({"rougeL": [80.0, 10.0], "robustness": [0.5, 0.9], "tokens_per_s": [50.0, 100.0],
+                             "concentration": [0.2, 0.4], "gap": [0.1, -0.3], "sentiment_macro_f1": [0.4, 0.6]},
+                            index=["writer", "sprinter"])
+    scores = dimension_scores(measures)
+    assert scores.loc["sprinter", "efficiency"] == 1.0 and scores.loc["writer", "fairness"] == pytest.approx(0.9)
+    assert weighted_score(scores, {"accuracy": 1.0}).idxmax() == "writer"
+    assert weighted_score(scores, {"efficiency": 2.0}).idxmax() == "sprinter"
+    assert weighted_score(scores).loc["writer"] == pytest.approx(sum(SEED_WEIGHTS[d] * scores.loc["writer", d]
+                                                                     for d in SEED_WEIGHTS))
+    assert top_model_stability(scores, {**{d: 0.01 for d in SEED_WEIGHTS}, "accuracy": 1.0}).loc["writer"] > 0.9
+    panel = WeightsPanel(scores)
+    for name, slider in panel.sliders.items():
+        slider.value = 1.0 if name == "efficiency" else 0.0
+    assert panel.ranking().index[0] == "sprinter"
+    with pytest.raises(ValueError, match="unknown dimensions \\['speed'\\]"):
+        weighted_score(scores, {"speed": 1.0})
+    with pytest.raises(ValueError, match="lack columns \\['gap'\\]"):
+        dimension_scores(measures.drop(columns="gap"))
