@@ -31,7 +31,7 @@ def scores_with_chance(table: pd.DataFrame, tasks: Sequence[str], metric: str, t
 def robustness_curves(curves: pd.DataFrame, title: str) -> plt.Figure:
     """Perplexity (top, log scale) and accuracy (bottom) against noise level; one column per noise kind, a line per model."""
     kinds = list(dict.fromkeys(curves.kind))
-    fig, axes = plt.subplots(2, len(kinds), figsize=(3.3 * len(kinds), 5.8), squeeze=False, sharex=True,
+    fig, axes = plt.subplots(2, len(kinds), figsize=(3.3 * len(kinds), 6.2), squeeze=False, sharex=True,
                              layout="constrained")
     for column, kind in enumerate(kinds):
         for model, rows in curves[curves.kind == kind].groupby("model", sort=False):
@@ -42,15 +42,19 @@ def robustness_curves(curves: pd.DataFrame, title: str) -> plt.Figure:
         axes[1, column].set_xlabel("noise level (share of characters)")
     axes[0, 0].set_ylabel("held-out perplexity")
     axes[1, 0].set_ylabel("accuracy")
-    axes[0, -1].legend(fontsize=7)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=8)
     fig.suptitle(title)
     return fig
 
 
-def concentration_maps(maps: Mapping[str, pd.DataFrame], title: str) -> plt.Figure:
+def concentration_maps(maps: Mapping[str, pd.DataFrame], title: str, columns: int = 3) -> plt.Figure:
     """Attention concentration (layer × head, 0 = spread evenly, 1 = one token) per model, on one colour scale."""
-    fig, axes = plt.subplots(1, len(maps), figsize=(2.6 * len(maps), 2.8), squeeze=False, layout="constrained")
-    for ax, (model, frame) in zip(axes[0], maps.items()):
+    rows, columns = -(-len(maps) // columns), min(columns, len(maps))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.0 * rows), squeeze=False, layout="constrained")
+    for ax in axes.flat[len(maps):]:
+        ax.axis("off")
+    for ax, (model, frame) in zip(axes.flat, maps.items()):
         grid = frame.pivot(index="layer", columns="head", values="concentration")
         image = ax.imshow(grid.values, cmap="viridis", vmin=0, vmax=1)
         for (i, j), value in np.ndenumerate(grid.values):
@@ -59,7 +63,7 @@ def concentration_maps(maps: Mapping[str, pd.DataFrame], title: str) -> plt.Figu
         ax.set_xticks(range(grid.shape[1]))
         ax.set_yticks(range(grid.shape[0]))
         ax.set_xlabel("head")
-    axes[0, 0].set_ylabel("layer")
+        ax.set_ylabel("layer")
     fig.colorbar(image, ax=axes, shrink=0.8, label="concentration")
     fig.suptitle(title)
     return fig
