@@ -14,7 +14,7 @@ from dstutor.evaluate.matrix import SEED_WEIGHTS, dimension_scores, top_model_st
 from dstutor.evaluate.metrics import bootstrap_ci, mean_with_ci, score, score_with_ci
 from dstutor.evaluate.noise import KINDS, add_noise, noisy
 from dstutor.evaluate.probes import counterfactual_gap, robustness_score
-from dstutor.evaluate.scoring import attention_entropy, choice_predictions, continuation_logliks
+from dstutor.evaluate.scoring import attention_entropy, choice_predictions, continuation_logliks, interleaved_speed
 from dstutor.evaluate.suite import Suite, chance_levels, chat_context, evaluate
 from dstutor.widgets.weights import WeightsPanel
 from tiny import tiny_lm
@@ -164,6 +164,12 @@ def test_attention_concentration_lies_in_0_1_per_layer_and_head(tokenizer):
     table = attention_entropy(model, torch.tensor([tokenizer(REVIEWS[0])["input_ids"][:12]]))
     assert len(table) == model.config.num_layers * model.config.num_heads
     assert table.concentration.between(0, 1).all() and (table.entropy >= 0).all()
+
+
+def test_interleaved_speed_times_every_model_each_round(tokenizer):
+    table = interleaved_speed({"a": tiny_lm(0), "b": tiny_lm(1)}, tokenizer, "一心一意", new_tokens=3, rounds=3)
+    assert list(table.index) == ["a", "b"]
+    assert ((table["min"] <= table.tokens_per_s) & (table.tokens_per_s <= table["max"]) & (table["min"] > 0)).all()
 
 
 def test_counterfactual_gap_is_zero_for_identical_variants(tokenizer):

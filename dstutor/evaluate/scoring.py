@@ -7,7 +7,7 @@ context + continuation after those of the context alone), so the two agree docum
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -103,6 +103,12 @@ def attention_entropy(model: DeepSeekLM, input_ids: torch.Tensor) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
+def _answer_seconds(model: DeepSeekLM, ids: torch.Tensor, new_tokens: int) -> float:
+    start = time.perf_counter()
+    model.generate(ids, new_tokens)
+    return time.perf_counter() - start
+
+
 @torch.no_grad()
 def speed(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, prompt: str, new_tokens: int = 24,
           repeats: int = 5) -> dict[str, float]:
@@ -110,11 +116,26 @@ def speed(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, prompt: str, ne
     model.eval()
     ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
     model.generate(ids, 2)  # warm-up
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model.generate(ids, new_tokens)
-        seconds.append(time.perf_counter() - start)
+    seconds = [_answer_seconds(model, ids, new_tokens) for _ in range(repeats)]
     median = float(np.median(seconds))
     return {"latency_s": median, "tokens_per_s": new_tokens / median,
             "latency_low": float(np.min(seconds)), "latency_high": float(np.max(seconds))}
+
+
+@torch.no_grad()
+def interleaved_speed(models: Mapping[str, DeepSeekLM], tokenizer: PreTrainedTokenizerFast, prompt: str,
+                      new_tokens: int = 24, rounds: int = 7) -> pd.DataFrame:
+    """Tokens/s per model (median, min, max over rounds), the models timed in turn within each round.
+
+    Interleaving spreads the machine's slow moments over every model, so models of equal size compare
+    equal, which timing one model after another does not guarantee (chapter 00: ±20 % between runs).
+    """
+    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+    for model in models.values():
+        model.eval().generate(ids, 2)  # warm-up
+    rates = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            rates[name].append(new_tokens / _answer_seconds(model, ids, new_tokens))
+    return pd.DataFrame({"tokens_per_s": {n: np.median(r) for n, r in rates.items()},
+                         "min": {n: min(r) for n, r in rates.items()}, "max": {n: max(r) for n, r in rates.items()}})
