@@ -16,7 +16,7 @@ from dstutor.models.hf import save_pretrained
 from dstutor.serve.cache import LRUCache
 from dstutor.serve.engine import Engine, Generation
 from dstutor.serve.loadtest import run_load, summarize
-from dstutor.serve.process import RedisProcess, ServerProcess
+from dstutor.serve.process import RedisProcess, ServerProcess, free_port
 from tiny import tiny_lm
 
 TEXTS = ["床前明月光，疑是地上霜。", "房间很干净，服务也很好。", "def add(a, b):\n    return a + b\n", "hello world"]
@@ -166,9 +166,12 @@ def test_redis_cache_is_shared_by_two_servers_on_a_real_redis_server(checkpoint)
     assert hit.json()["choices"] == miss.json()["choices"]
 
 
-def test_serve_says_what_is_wrong_with_a_missing_model_or_redis(tmp_path, capsys):
+def test_serve_says_what_is_wrong_with_a_missing_model_or_redis(tmp_path, checkpoint, capsys):
     assert cli(["serve", "--model", str(tmp_path / "nowhere")]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
+    nobody = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    assert cli(["serve", "--model", str(checkpoint), "--redis-url", nobody]) == 2
+    assert "error:" in capsys.readouterr().err
 
 
 def test_load_test_loses_nothing_and_reports_latency(server):

@@ -7,15 +7,21 @@ noise to the model's *input*: a regulariser that never sees the quantisation gri
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+import copy
+from contextlib import contextmanager, nullcontext
 from typing import Iterator
 
+import datasets
+import pandas as pd
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+from tqdm.auto import tqdm
 
-from dstutor.deploy.int8 import quantize_rows
+from dstutor.deploy.int8 import quantize_int8, quantize_rows
+from dstutor.deploy.measure import lm_quality
 from dstutor.models.moe import Experts
+from dstutor.train import TrainConfig, fit_on_blocks
 
 
 class FakeQuant(nn.Module):
@@ -73,3 +79,31 @@ def input_noise(model: nn.Module, std: float = 0.1, seed: int = 0) -> Iterator[n
         yield model
     finally:
         handle.remove()
+
+
+RECIPES = ("fine-tune only", "seed 000: input noise", "QAT: fake-quant + STE")
+
+
+def compare_qat(base: nn.Module, train_blocks: datasets.Dataset, val_blocks: datasets.Dataset, bits: int,
+                steps: int, seeds: list[int], lr: float = 1e-3, batch_size: int = 16,
+                eval_batches: int = 10) -> pd.DataFrame:
+    """Fine-tune copies of `base` three ways per seed, then quantise to `bits`; quality before and after, one row per run.
+
+    Every recipe gets the same steps, data order and learning rate, so only the training-time
+    treatment differs: nothing, seed 000's input noise (std 0.1), or fake-quantised weights.
+    """
+    rows = []
+    for recipe, seed in tqdm([(r, s) for r in RECIPES for s in seeds], desc=f"QAT at {bits} bits"):
+        model = copy.deepcopy(base).train()
+        treatment = {"fine-tune only": nullcontext(model), "seed 000: input noise": input_noise(model, 0.1, seed),
+                     "QAT: fake-quant + STE": fake_quantized(model, bits)}[recipe]
+        with treatment:
+            train = TrainConfig(steps=steps, lr=lr, warmup_steps=steps // 10, eval_every=0, eval_batches=1,
+                                progress=False, seed=seed)
+            fit_on_blocks(model, train, train_blocks, val_blocks, batch_size)
+        float_quality = lm_quality(model, val_blocks, eval_batches)
+        int_quality = lm_quality(quantize_int8(model, "weight", bits=bits), val_blocks, eval_batches)
+        rows.append({"recipe": recipe, "seed": seed, "bits": bits, "fp32_loss": float_quality["loss"],
+                     "quantized_loss": int_quality["loss"], "fp32_accuracy": float_quality["accuracy"],
+                     "quantized_accuracy": int_quality["accuracy"]})
+    return pd.DataFrame(rows)

@@ -1,6 +1,7 @@
 """Start the server (and a Redis server) as real processes on loopback, from a notebook, a test or a benchmark."""
 from __future__ import annotations
 
+import atexit
 import shutil
 import socket
 import subprocess
@@ -25,6 +26,10 @@ class _Process:
 
     def __enter__(self):
         return self.start()
+
+    def _launch(self, args: list[str], **popen) -> None:
+        self.process = subprocess.Popen(args, **popen)
+        atexit.register(self.stop)  # a notebook that fails half-way still leaves no server behind
 
     def __exit__(self, *exc) -> None:
         self.stop()
@@ -53,7 +58,7 @@ class ServerProcess(_Process):
 
     def start(self, timeout_s: float = 120) -> "ServerProcess":
         out = open(self.log, "w") if self.log else subprocess.DEVNULL
-        self.process = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT)
+        self._launch(self.args, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -80,8 +85,8 @@ class RedisProcess(_Process):
         if binary is None:
             raise FileNotFoundError("redis-server is not installed: `apt-get install redis-server` "
                                     "(make test installs it where apt-get is available)")
-        self.process = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                         "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        self._launch([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                     stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
