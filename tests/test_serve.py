@@ -100,6 +100,7 @@ def test_chat_stream_honours_the_sse_contract(server):
     ({"model": "tiny", "prompt": "床前", "max_tokens": "5"}, 400, "max_tokens"),
     ({"model": "tiny", "prompt": 42}, 400, "prompt"),
     ({"model": "tiny", "prompt": "床前", "temperature": 3}, 400, "temperature"),
+    ({"model": "tiny", "prompt": "床前", "temperature": "0.5"}, 400, "temperature"),
     ({"model": "tiny", "prompt": "床前", "stream": "yes"}, 400, "stream"),
     ({"model": "tiny"}, 400, "prompt"),
 ])

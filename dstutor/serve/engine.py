@@ -6,6 +6,7 @@ positions, which transformers' model takes and our teaching model does not.
 """
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -59,7 +60,8 @@ class Engine:
         ids = torch.tensor([[self.pad] * (longest - len(g.prompt_ids)) + g.prompt_ids for g in batch])
         mask = torch.tensor([[0] * (longest - len(g.prompt_ids)) + [1] * len(g.prompt_ids) for g in batch])
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        generators = [torch.Generator().manual_seed(g.seed if g.seed is not None else torch.seed()) for g in batch]
+        seeds = [g.seed if g.seed is not None else secrets.randbits(63) for g in batch]
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
         done, produced, cache = [False] * len(batch), [0] * len(batch), None
         while not all(done):
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,

@@ -17,8 +17,8 @@ class Sampling(BaseModel):
 
     model: StrictStr
     max_tokens: StrictInt | None = Field(None, gt=0)                 # None: what the context leaves
-    temperature: float = Field(1.0, ge=0, le=2, strict=False)        # 0: greedy (and cacheable)
-    top_p: float = Field(1.0, gt=0, le=1)
+    temperature: float = Field(1.0, ge=0, le=2, strict=True)         # 0: greedy (and cacheable); ints accepted
+    top_p: float = Field(1.0, gt=0, le=1, strict=True)
     n: StrictInt = Field(1, ge=1, le=1)                              # one choice per request here
     seed: StrictInt | None = None
     stream: StrictBool = False
