@@ -2,7 +2,6 @@
 
     dstutor pretrain --preset nano --steps 2000 --out runs/nano [--resume]
     torchrun --nproc_per_node=2 -m dstutor.cli pretrain --distributed fsdp --preset nano --steps 200 --out runs/fsdp
-    dstutor serve --model runs/nano/model [--host 127.0.0.1] [--port 8000] [--redis-url redis://127.0.0.1:6379/0]
 """
 from __future__ import annotations
 
@@ -57,31 +56,6 @@ def pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def serve(args: argparse.Namespace) -> int:
-    """Serve a checkpoint folder with the OpenAI-compatible API until interrupted."""
-    import uvicorn
-
-    from dstutor.serve.api import create_app
-    from dstutor.serve.batcher import Batcher
-    from dstutor.serve.cache import LRUCache, RedisCache
-    from dstutor.serve.engine import Engine
-
-    try:
-        engine = Engine(args.model)
-        cache = RedisCache(args.redis_url) if args.redis_url else LRUCache(args.cache_size)
-    except Exception as error:  # a missing folder or an unreachable Redis: say so, no traceback
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    name = args.name or Path(args.model).resolve().name
-    if name == "model":  # `dstutor pretrain --out RUN` writes RUN/model: the run's name is the better id
-        name = Path(args.model).resolve().parent.name
-    app = create_app(engine, name, Batcher(engine, args.max_batch, args.max_wait_ms / 1000), cache)
-    print(f"serving {name!r} ({cache.kind} cache, batches of ≤ {args.max_batch}) on http://{args.host}:{args.port}/v1",
-          flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dstutor", description="dstutor: train DeepSeek-style models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -99,17 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--distributed", choices=["ddp", "fsdp"], default=None,
                    help="data parallel over the processes that torchrun starts")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    s = commands.add_parser("serve", help="serve a checkpoint with an OpenAI-compatible API")
-    s.add_argument("--model", required=True, help="checkpoint folder (RUN/model as `dstutor pretrain` writes it)")
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (loopback by default)")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--name", default=None, help="model id clients send (default: the run folder's name)")
-    s.add_argument("--max-batch", type=int, default=8, help="requests decoded together at most (1: no batching)")
-    s.add_argument("--max-wait-ms", type=float, default=10, help="how long the first request waits for company")
-    s.add_argument("--cache-size", type=int, default=1024, help="answers kept by the in-process LRU cache (0: off)")
-    s.add_argument("--redis-url", default=None, help="cache answers in this Redis instead, e.g. redis://127.0.0.1:6379/0")
     args = parser.parse_args(argv)
-    return {"pretrain": pretrain, "serve": serve}[args.command](args)
+    return {"pretrain": pretrain}[args.command](args)
 
 
 if __name__ == "__main__":

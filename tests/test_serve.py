@@ -10,7 +10,7 @@ import redis
 import torch
 from openai import OpenAI
 
-from dstutor.cli import main as cli
+from dstutor.commands import main as cli
 from dstutor.data.tokenizer import train_tokenizer
 from dstutor.models.hf import save_pretrained
 from dstutor.serve.cache import LRUCache
@@ -165,6 +165,11 @@ def test_redis_cache_is_shared_by_two_servers_on_a_real_redis_server(checkpoint)
             assert 'dstutor_cache_hits_total{kind="redis"} 1' in httpx.get(second.base_url + "/metrics").text
     assert miss.headers["x-cache"] == "miss" and hit.headers["x-cache"] == "hit"
     assert hit.json()["choices"] == miss.json()["choices"]
+
+
+def test_the_dstutor_command_lists_serve_and_rejects_unknown_commands(capsys):
+    assert cli(["--help"]) == 0 and "serve" in capsys.readouterr().out
+    assert cli(["deploy"]) == 2 and "unknown command 'deploy'" in capsys.readouterr().err
 
 
 def test_serve_says_what_is_wrong_with_a_missing_model_or_redis(tmp_path, checkpoint, capsys):
