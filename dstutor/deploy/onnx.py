@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -66,8 +67,10 @@ def export_onnx(model: DeepSeekLM, path: str | Path, max_batch: int = 64, max_se
     example = torch.randint(0, model.config.vocab_size, (2, 16))
     dims = {0: torch.export.Dim("batch", min=1, max=max_batch), 1: torch.export.Dim("seq", min=2, max=max_seq)}
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" notices
-    program = torch.onnx.export(exportable(model), (example,), dynamo=True, input_names=["input_ids"],
-                                output_names=["logits"], dynamic_shapes={"input_ids": dims}, verbose=False)
+    with warnings.catch_warnings():  # torch's own pytree deprecation notice, raised inside the exporter
+        warnings.simplefilter("ignore", FutureWarning)
+        program = torch.onnx.export(exportable(model), (example,), dynamo=True, input_names=["input_ids"],
+                                    output_names=["logits"], dynamic_shapes={"input_ids": dims}, verbose=False)
     program.save(str(path))
     return path
 
@@ -76,7 +79,13 @@ def quantize_onnx(path: str | Path, out: str | Path) -> Path:
     """ONNX Runtime's maintained dynamic int8 quantiser (weights int8, activations quantised per call)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # its "consider pre-processing" advice is meant for CNN graphs
+    try:
+        quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
     return Path(out)
 
 

@@ -12,6 +12,11 @@ def size_quality(table: pd.DataFrame, title: str) -> plt.Figure:
     for row in table.itertuples():
         ax.annotate(row.variant, (row.MB, row.perplexity), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set(title=title, xlabel="weights (MB)", ylabel="held-out perplexity (lower is better)")
+    # At least ±1 % around the points: a change in the fifth digit should not fill the plot.
+    low, high = table.perplexity.min(), table.perplexity.max()
+    middle, half = (low + high) / 2, max((high - low) / 2 * 1.3, 0.01 * low)
+    ax.set_ylim(middle - half, middle + half)
+    ax.margins(x=0.25)
     ax.grid(alpha=0.3)
     return fig
 
