@@ -6,17 +6,18 @@ import pandas as pd
 
 
 def size_quality(table: pd.DataFrame, title: str) -> plt.Figure:
-    """Each variant as a point: megabytes of weights against held-out perplexity, labelled."""
+    """Each variant as a point: megabytes of weights against held-out perplexity, named in the legend."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    ax.scatter(table.MB, table.perplexity, color="tab:blue")
-    for row in table.itertuples():
-        ax.annotate(row.variant, (row.MB, row.perplexity), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    markers = "osD^vP*X"
+    for i, row in enumerate(table.itertuples()):  # a legend, not labels: variants can share a size
+        ax.scatter(row.MB, row.perplexity, marker=markers[i % len(markers)], s=60, label=row.variant)
     ax.set(title=title, xlabel="weights (MB)", ylabel="held-out perplexity (lower is better)")
     # At least ±1 % around the points: a change in the fifth digit should not fill the plot.
     low, high = table.perplexity.min(), table.perplexity.max()
     middle, half = (low + high) / 2, max((high - low) / 2 * 1.3, 0.01 * low)
     ax.set_ylim(middle - half, middle + half)
-    ax.margins(x=0.25)
+    ax.margins(x=0.15)
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return fig
 
