@@ -19,7 +19,8 @@ from dstutor.models.measure import decode_tokens_per_second
 from dstutor.models.model import DeepSeekLM
 
 
-def _prompt(model: DeepSeekLM, context: int) -> torch.Tensor:
+def _prompt(model, context: int) -> torch.Tensor:
+    """A fixed random prompt of `context` tokens for either implementation (both have config.vocab_size)."""
     return torch.randint(0, model.config.vocab_size, (1, context), generator=torch.Generator().manual_seed(0))
 
 
@@ -30,15 +31,20 @@ def with_context(model: DeepSeekLM, length: int) -> DeepSeekLM:
     return longer.eval()
 
 
+def _hf_greedy(hf_model, prompt: torch.Tensor, tokens: int) -> torch.Tensor:
+    """transformers' generate, greedy, exactly `tokens` new tokens (no early stop at an end token)."""
+    return hf_model.generate(prompt, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=0,
+                             attention_mask=torch.ones_like(prompt))
+
+
 @torch.no_grad()
 def hf_decode_tokens_per_second(hf_model, context: int, new_tokens: int, repeats: int = 3) -> float:
     """transformers' generate (greedy, its own cache), timed as decode_tokens_per_second times ours."""
-    prompt = torch.randint(0, hf_model.config.vocab_size, (1, context), generator=torch.Generator().manual_seed(0))
+    prompt = _prompt(hf_model, context)
 
     def seconds(tokens: int) -> float:
         start = time.perf_counter()
-        hf_model.generate(prompt, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
-                          pad_token_id=0, attention_mask=torch.ones_like(prompt))
+        _hf_greedy(hf_model, prompt, tokens)
         return time.perf_counter() - start
 
     seconds(2)  # warm-up
@@ -77,9 +83,7 @@ def same_greedy_tokens(model: DeepSeekLM, hf_model, context: int, new_tokens: in
     """Whether our cached greedy decoding and transformers' generate produce the same tokens."""
     prompt = _prompt(model, context)
     ours = model.generate(prompt, new_tokens, absorb=True)
-    theirs = hf_model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                               pad_token_id=0, attention_mask=torch.ones_like(prompt))
-    return torch.equal(ours, theirs)
+    return torch.equal(ours, _hf_greedy(hf_model, prompt, new_tokens))
 
 
 def decoding_table(model: DeepSeekLM, contexts: list[int], new_tokens: int = 16, repeats: int = 3) -> pd.DataFrame:

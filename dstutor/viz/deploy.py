@@ -1,4 +1,4 @@
-"""Plots for deployment: size vs quality, int8 speed by width, QAT by recipe, decoding by context, load curves."""
+"""Plots for deployment: size vs quality, int8 speed by width, QAT by recipe, pruning, decoding by context, load."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -51,6 +51,24 @@ def recipe_bars(results: pd.DataFrame, value: str, title: str, ylabel: str) -> p
     ax.set(title=title, ylabel=ylabel)
     ax.set_ylim(bottom=min(stats["min"]) * 0.95)
     ax.legend(fontsize=8)
+    return fig
+
+
+def pruning_curves(table: pd.DataFrame, title: str, speed_label: str) -> plt.Figure:
+    """Perplexity and prefill time against the share removed, one line per method; every line starts at the dense row."""
+    fig, (quality_ax, speed_ax) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+    dense = table.iloc[0]
+    for method, group in table.iloc[1:].groupby("method"):
+        points = pd.concat([dense.to_frame().T, group])
+        quality_ax.plot(points.removed, points.perplexity, marker="o", label=method)
+        speed_ax.errorbar(points.removed, points.prefill_ms, yerr=[points.prefill_ms - points.prefill_ms_min,
+                          points.prefill_ms_max - points.prefill_ms], marker="o", capsize=3, label=method)
+    quality_ax.set(xlabel="share removed", ylabel="held-out perplexity", title="quality")
+    speed_ax.set(xlabel="share removed", ylabel=speed_label, title="speed")
+    for ax in (quality_ax, speed_ax):
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
     return fig
 
 
