@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help install book book-force chromium redis test test-fast check-site lab clean bench loadtest data
+.PHONY: help install book book-force chromium redis test test-fast check-site lab clean bench bench-book loadtest data
 
 help:
 	@echo "make book        install everything, execute every chapter (full mode), build book/_build/html"
@@ -19,6 +19,7 @@ help:
 	@echo "make check-site  check the built book (book/_build/html) in headless Chromium"
 	@echo "make book-force  like make book, but re-execute every chapter"
 	@echo "make bench       run the benchmarks in bench/ (results: bench/results/*.json)"
+	@echo "make bench-book  the last build's chapter runtimes against the budget (bench/results/book_runtime.json)"
 	@echo "make loadtest    load-test \`dstutor serve\` on loopback, batching on and off (bench/results/loadtest.json)"
 	@echo "make data        fetch the course corpora into the cache (~/.cache/dstutor)"
 	@echo "make clean       remove build output (keeps .venv and the cache in ~/.cache/dstutor)"
@@ -80,6 +81,11 @@ bench: install
 	$(PY) bench/pretrain_budget.py
 	$(PY) bench/gpu_mfu.py
 	$(PY) bench/grpo.py
+
+# The runtime budget: each chapter's full-mode seconds from the last `make book` (warm and cold model cache),
+# the models built, the slowest cells; exits non-zero over budget (5 min a chapter, two up to 8, 40 min in all).
+bench-book: install
+	$(PY) bench/book_runtime.py
 
 # The server under load: concurrency 1 / 8 / 32, batching on and off; zero lost requests and zero 5xx required.
 loadtest: install

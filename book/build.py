@@ -1,45 +1,61 @@
 """Build the course site: execute every chapter (full mode, cached), then render with Jupyter Book.
 
-A chapter is re-executed when its text or a dstutor file it imports changed since its last execution
-(or with --force). Chapter 00 runs last, so its table of runtimes shows this build's numbers.
+A chapter is re-executed when what can change its outputs changed since its last execution (its code
+cells, the code of the dstutor modules it imports, the benchmark results it reads, the pins), or with
+--force; a prose-only edit is copied into the executed chapter without running it. Chapter 00 runs
+last, so its table of runtimes shows this build's numbers.
 `--smoke` builds a quick site from smoke-mode runs into build/smoke-book (used by the tests).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from dstutor.chapters import REPO_ROOT, chapter_paths
-from dstutor.execution import ChapterError, execute_chapter, is_current, record_runtime, save_executed
+from dstutor.execution import (ChapterError, execute_chapter, is_current, record_runtime, refresh_text,
+                                save_executed)
 from dstutor.claims import sources_table
 from dstutor.env import choose_device
+from dstutor.zoo import ACCESS_LOG
 
 BOOK = Path(__file__).resolve().parent
 BOOK_FILES = ["_config.yml", "_toc.yml", "_ext"]
+ZOO_LOGS = Path("_build") / "zoo"  # under the book folder
 
 
-def execute_all(out_dir: Path, smoke: bool, force: bool) -> None:
-    """Execute the chapters that changed into out_dir as .ipynb; record full-mode runtimes."""
+def execute_all(out_dir: Path, smoke: bool, force: bool, only: list[str] | None = None) -> None:
+    """Execute the chapters that changed into out_dir as .ipynb; record full-mode runtimes and zoo use.
+
+    `only`: chapter numbers to consider (the others are left as they are).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    chapters = chapter_paths()
+    chapters = [c for c in chapter_paths() if only is None or c.stem[:2] in only]
     device = choose_device().device.type
     ran_any = False
     for chapter in chapters[1:] + chapters[:1]:  # the tour reads the others' runtimes
         stale_tour = chapter == chapters[0] and ran_any
         if not force and not stale_tour and is_current(chapter, out_dir, smoke):
-            print(f"  {chapter.stem}: unchanged, kept", flush=True)
+            refresh_text(chapter, out_dir, smoke)
+            print(f"  {chapter.stem}: outputs current, text refreshed", flush=True)
             continue
         print(f"  {chapter.stem}: executing ({'smoke' if smoke else 'full'} mode)...", flush=True)
+        # Which models the chapter built or loaded: bench/book_runtime.py tells its own time from theirs.
+        zoo_log = out_dir.parent / ZOO_LOGS / f"{chapter.stem}.jsonl"
+        zoo_log.parent.mkdir(parents=True, exist_ok=True)
+        zoo_log.unlink(missing_ok=True)
+        os.environ[ACCESS_LOG] = str(zoo_log)
         run = execute_chapter(chapter, smoke=smoke)
+        del os.environ[ACCESS_LOG]
         save_executed(run, out_dir, smoke)
         if not smoke:
             record_runtime(run, device)
         print(f"  {chapter.stem}: {run.seconds:.1f} s", flush=True)
         ran_any = True
-    wanted = {f"{c.stem}.ipynb" for c in chapters}
+    wanted = {f"{c.stem}.ipynb" for c in chapter_paths()}
     for old in out_dir.glob("*.ipynb"):
         if old.name not in wanted:
             old.unlink()
@@ -68,6 +84,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--force", action="store_true", help="re-execute every chapter")
     parser.add_argument("--smoke", action="store_true", help="quick site from smoke runs (build/smoke-book)")
+    parser.add_argument("--chapters", nargs="+", metavar="NN", help="execute only these chapters, e.g. 09 10")
+    parser.add_argument("--no-site", action="store_true", help="execute chapters, do not render the site")
     args = parser.parse_args()
     book_dir = BOOK
     if args.smoke:
@@ -82,9 +100,11 @@ def main() -> None:
         (book_dir / "node_modules").unlink(missing_ok=True)
         (book_dir / "node_modules").symlink_to(BOOK / "node_modules")
     try:
-        execute_all(book_dir / "chapters", smoke=args.smoke, force=args.force)
+        execute_all(book_dir / "chapters", smoke=args.smoke, force=args.force, only=args.chapters)
     except ChapterError as error:
         sys.exit(f"book build stopped: {error}")
+    if args.no_site:
+        return
     write_sources_page(book_dir)
     render(book_dir)
     print(f"site: {book_dir / '_build' / 'html' / 'index.html'}")

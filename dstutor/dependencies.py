@@ -1,7 +1,9 @@
-"""Which dstutor source files a piece of code can run: its imports, followed through the package.
+"""What can change a chapter's outputs: the dstutor code it runs, followed through imports, and the
+benchmark results it reads.
 
-`make book` re-executes a chapter when one of these files changes, not when any file of the package
-does: a new module for chapter 11 should not re-run ten chapters that never import it (~50 min).
+`make book` re-executes a chapter when one of these changes, not when any file of the package does:
+a new module for chapter 11 should not re-run ten chapters that never import it. A module counts by
+its code (its syntax tree without docstrings), so a comment or docstring edit re-runs nothing.
 """
 from __future__ import annotations
 
@@ -13,14 +15,15 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGE = PACKAGE_DIR.name
 # Module names written as strings, e.g. `torchrun -m dstutor.cli` started from a chapter.
 DOTTED_NAME = re.compile(rf"\b{PACKAGE}(?:\.\w+)+")
+RESULTS_READER = "load_results"  # dstutor.bench.load_results("name") reads bench/results/name.json
 
 
-def module_file(name: str) -> Path | None:
+def module_file(name: str, package_dir: Path | None = None) -> Path | None:
     """The source file of module `dstutor.a.b` (a .py file or a package's __init__), None if no module."""
     parts = name.split(".")
     if parts[0] != PACKAGE:
         return None
-    base = PACKAGE_DIR.joinpath(*parts[1:])
+    base = (package_dir or PACKAGE_DIR).joinpath(*parts[1:])
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
         if candidate.is_file():
             return candidate
@@ -33,10 +36,40 @@ def _with_parents(name: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
+def without_docstrings(tree: ast.AST) -> ast.AST:
+    """The tree with every module, class and function docstring removed (in place)."""
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def code_fingerprint(source: str) -> str:
+    """What of `source` can change what it does: its syntax tree without docstrings, comments or layout.
+
+    Source that does not parse (IPython magics) counts as its text.
+    """
+    try:
+        return ast.dump(without_docstrings(ast.parse(source)))
+    except SyntaxError:
+        return source
+
+
+def _strings(tree: ast.AST) -> list[str]:
+    return [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)]
+
+
 def imported_names(code: str, package: str = "") -> set[str]:
-    """Absolute module names that code imports (anywhere, functions included) or names in a string."""
-    names = set(DOTTED_NAME.findall(code))
-    for node in ast.walk(ast.parse(code)):
+    """Absolute module names that code imports (anywhere, functions included) or names in a string.
+
+    Comments and docstrings are not code: a module named there is no dependency.
+    """
+    tree = without_docstrings(ast.parse(code))
+    names = {name for text in _strings(tree) for name in DOTTED_NAME.findall(text)}
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -49,14 +82,22 @@ def imported_names(code: str, package: str = "") -> set[str]:
     return {parent for name in names for parent in _with_parents(name)}
 
 
-def package_files(code: str) -> list[Path]:
+def results_read(code: str) -> set[str]:
+    """Benchmark result names that code reads with a literal `load_results("name")`."""
+    return {node.args[0].value for node in ast.walk(ast.parse(code))
+            if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and getattr(node.func, "id", getattr(node.func, "attr", None)) == RESULTS_READER}
+
+
+def package_files(code: str, package_dir: Path | None = None) -> list[Path]:
     """Every dstutor file that code can execute through imports, followed transitively, sorted."""
     found: dict[Path, None] = {}
     pending = [(code, "")]
     while pending:
         source, package = pending.pop()
         for name in imported_names(source, package):
-            path = module_file(name)
+            path = module_file(name, package_dir)
             if path is None or path in found:
                 continue
             found[path] = None

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import time
+import tomllib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +25,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 from dstutor.chapters import REPO_ROOT, RUNTIMES_FILE
-from dstutor.dependencies import notebook_code, package_files
+from dstutor.dependencies import code_fingerprint, notebook_code, package_files, results_read
 
 ANSI_COLOURS = re.compile(r"\x1b\[[0-9;]*m")  # IPython colours tracebacks; reports are plain text
 
@@ -183,19 +184,54 @@ def record_runtime(run: ChapterRun, device: str, runtimes_file: Path = RUNTIMES_
     runtimes_file.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
-def chapter_dependencies(chapter: Path) -> list[Path]:
+def chapter_dependencies(chapter: Path, package_dir: Path | None = None) -> list[Path]:
     """The dstutor files a chapter can run (its imports, followed); all of them if its code does not parse."""
+    package_dir = package_dir or REPO_ROOT / "dstutor"
     try:
-        return package_files(notebook_code(jupytext.read(chapter).cells))
+        return package_files(notebook_code(jupytext.read(chapter).cells), package_dir)
     except SyntaxError:
-        return sorted((REPO_ROOT / "dstutor").rglob("*.py"))
+        return sorted(package_dir.rglob("*.py"))
 
 
-def content_hash(chapter: Path, smoke: bool) -> str:
-    """Hash of the chapter text, the dstutor files it imports and the mode: outputs are stale when it changes."""
-    digest = hashlib.sha256(chapter.read_bytes() + (b"smoke" if smoke else b"full"))
-    for source in chapter_dependencies(chapter):
-        digest.update(source.relative_to(REPO_ROOT).as_posix().encode() + b"\0" + source.read_bytes())
+def _cell_fingerprint(cell) -> str:
+    # Magics are not Python: they count as text, the rest by its syntax tree (comments left out).
+    lines = cell.source.splitlines()
+    magics = [line for line in lines if line.lstrip().startswith(("%", "!"))]
+    code = "\n".join(line for line in lines if not line.lstrip().startswith(("%", "!")))
+    return "\n".join(magics) + "\0" + code_fingerprint(code) + "\0" + ",".join(cell.metadata.get("tags", []))
+
+
+def _pins(root: Path) -> list[str]:
+    project = root / "pyproject.toml"
+    return sorted(tomllib.loads(project.read_text())["project"]["dependencies"]) if project.exists() else []
+
+
+def content_hash(chapter: Path, smoke: bool, root: Path = REPO_ROOT) -> str:
+    """Hash of what can change a chapter's outputs: outputs are stale when it changes.
+
+    That is: its code cells (not comments, not prose), the mode, the code of the dstutor modules it
+    imports (not comments or docstrings), the benchmark results it or they read, and the pinned versions.
+    """
+    notebook = read_chapter(chapter, smoke)
+    digest = hashlib.sha256(b"smoke" if smoke else b"full")
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            digest.update(_cell_fingerprint(cell).encode() + b"\1")
+    sources = [notebook_code(notebook.cells)]
+    for path in chapter_dependencies(chapter, root / "dstutor"):
+        text = path.read_text(encoding="utf-8")
+        sources.append(text)
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + code_fingerprint(text).encode())
+    names = set()
+    for source in sources:
+        try:
+            names |= results_read(source)
+        except SyntaxError:
+            pass
+    for name in sorted(names):
+        result = root / "bench" / "results" / f"{name}.json"
+        digest.update(name.encode() + b"\0" + (result.read_bytes() if result.exists() else b"missing"))
+    digest.update("\n".join(_pins(root)).encode())
     return digest.hexdigest()
 
 
@@ -208,8 +244,29 @@ def save_executed(run: ChapterRun, out_dir: Path, smoke: bool) -> Path:
     return target
 
 
-def is_current(chapter: Path, out_dir: Path, smoke: bool) -> bool:
-    """True when out_dir holds this chapter executed from its current text and package."""
+def is_current(chapter: Path, out_dir: Path, smoke: bool, root: Path = REPO_ROOT) -> bool:
+    """True when out_dir holds this chapter executed from code that gives the same outputs today."""
     target = out_dir / f"{chapter.stem}.ipynb"
     return (target.exists() and
-            nbformat.read(target, as_version=4).metadata.get("dstutor_build") == content_hash(chapter, smoke))
+            nbformat.read(target, as_version=4).metadata.get("dstutor_build") == content_hash(chapter, smoke, root))
+
+
+def refresh_text(chapter: Path, out_dir: Path, smoke: bool) -> Path:
+    """Rewrite a current executed chapter with today's prose and code text, keeping its outputs.
+
+    Only for a chapter `is_current` accepts: its code cells match the executed ones one to one.
+    """
+    target = out_dir / f"{chapter.stem}.ipynb"
+    executed = nbformat.read(target, as_version=4)
+    notebook = read_chapter(chapter, smoke)
+    old_cells = [cell for cell in executed.cells if cell.cell_type == "code"]
+    new_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    if len(old_cells) != len(new_cells):
+        raise ChapterError(f"{chapter.name}: {len(new_cells)} code cells now, {len(old_cells)} when executed")
+    for old, new in zip(old_cells, new_cells):
+        new.outputs, new.execution_count = old.outputs, old.execution_count
+        if "execution" in old.metadata:
+            new.metadata["execution"] = old.metadata["execution"]
+    notebook.metadata = executed.metadata
+    nbformat.write(notebook, target)
+    return target

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -39,27 +40,54 @@ def _key(recipe: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+BUILD_RECORD = "build.json"  # seconds the build took (its own work, nested builds left out) and what it needed
+ACCESS_LOG = "DSTUTOR_ZOO_LOG"  # env var: a JSON-lines file where every artefact asked for is logged
+_building: list[dict] = []  # the builds under way in this process, innermost last
+
+
+def _log_access(folder: Path, built: bool) -> None:
+    # `make bench-book` reads this log to tell a chapter's own time from the models it built or loaded.
+    if _building:
+        _building[-1]["needs"].append(folder.name)
+    log = os.environ.get(ACCESS_LOG)
+    if log:
+        with open(log, "a", encoding="utf-8") as file:
+            file.write(json.dumps({"artefact": folder.name, "built": built}) + "\n")
+
+
 def build_once(folder: Path, build: Callable[[Path], None]) -> Path:
     """Return `folder`, first building it with build(temporary_folder) unless a complete one exists.
 
     Under a file lock beside it, so concurrent callers wait for one build instead of writing over it.
     """
     if (folder / COMPLETE).exists():
+        _log_access(folder, built=False)
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
         if (folder / COMPLETE).exists():  # built by another process while this one waited
+            _log_access(folder, built=False)
             return folder
         temporary = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
         shutil.rmtree(temporary, ignore_errors=True)
         temporary.mkdir()
+        record = {"needs": [], "nested_seconds": 0.0}
+        _building.append(record)
+        start = time.perf_counter()
         try:
             build(temporary)
+            seconds = time.perf_counter() - start
+            (temporary / BUILD_RECORD).write_text(json.dumps(
+                {"seconds": round(seconds - record["nested_seconds"], 1), "needs": record["needs"]}))
             (temporary / COMPLETE).write_text("")
             shutil.rmtree(folder, ignore_errors=True)  # an unfinished folder from before markers existed
             temporary.rename(folder)
         finally:
+            _building.pop()
             shutil.rmtree(temporary, ignore_errors=True)
+    if _building:
+        _building[-1]["nested_seconds"] += time.perf_counter() - start
+    _log_access(folder, built=True)
     return folder
 
 

@@ -5,6 +5,7 @@ import queue
 import textwrap
 import time
 
+import nbformat
 import pytest
 
 from dstutor import chapters, execution
@@ -99,12 +100,31 @@ def test_runtime_note_for_unknown_chapter_lists_the_chapters():
         chapters.runtime_note("77")
 
 
-def test_content_hash_changes_with_text_and_mode(tmp_path):
+def test_content_hash_changes_with_code_and_mode_not_with_prose_or_comments(tmp_path):
     path = write_chapter(tmp_path)
     before = execution.content_hash(path, smoke=True)
     assert before != execution.content_hash(path, smoke=False)
-    path.write_text(path.read_text() + "\n")
+    path.write_text(path.read_text() + "\nA new paragraph of prose.\n")
+    path.write_text(path.read_text().replace("import os", "import os  # why: the mode comes from the env"))
+    assert before == execution.content_hash(path, smoke=True)
+    path.write_text(path.read_text().replace("print(steps,", "print(steps + 1,"))
     assert before != execution.content_hash(path, smoke=True)
+
+
+def test_a_prose_edit_is_copied_into_the_executed_chapter_with_its_outputs(tmp_path):
+    path = write_chapter(tmp_path)
+    notebook = execution.read_chapter(path, smoke=False)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    code[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="measured 42\n")]
+    out_dir = tmp_path / "out"
+    execution.save_executed(execution.ChapterRun(path, notebook, 1.0), out_dir, smoke=False)
+    path.write_text(path.read_text().replace("# 99 · A test chapter", "# 99 · A test chapter\n\nNew prose."))
+    assert execution.is_current(path, out_dir, smoke=False)
+    execution.refresh_text(path, out_dir, smoke=False)
+    refreshed = nbformat.read(out_dir / "99_test.ipynb", as_version=4)
+    assert "New prose." in refreshed.cells[0].source
+    assert refreshed.cells[-1].outputs[0]["text"] == "measured 42\n"
+    assert execution.is_current(path, out_dir, smoke=False)
 
 
 @pytest.mark.parametrize("markup", [":::{dropdown} Solutions\n1. x\n:::", "```{note}\nhi\n```", "Use {math}`x^2` here.",

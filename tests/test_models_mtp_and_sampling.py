@@ -101,3 +101,19 @@ def test_nucleus_filter_equals_transformers_top_p():
         assert torch.equal(torch.isinf(nucleus_filter(logits, top_p)), torch.isinf(expected))
     with pytest.raises(ValueError, match="top_p"):
         make_model({}).generate(tokens()[:1, :5], 2, temperature=1.0, top_p=0.0)
+
+
+def test_generate_stops_once_every_row_has_its_end_token_and_equals_the_full_run_until_then():
+    model, prompt = make_model({}), tokens()[:, :5]
+    full = model.generate(prompt, 16)
+    new = full[:, 5:]
+
+    def expected_stop(eos):  # decode steps until every row has emitted eos (all 16 if one never does)
+        seen = (new == eos).cumsum(dim=1).clamp(max=1).min(dim=0).values
+        return int(seen.nonzero()[0]) + 1 if seen.any() else 16
+
+    for eos in {int(new[0, 3]), int(new[1, 2]), -1}:
+        early = model.generate(prompt, 16, eos_token_id=eos)
+        assert torch.equal(early, full[:, :5 + expected_stop(eos)]), eos
+    single = model.generate(prompt[:1], 16, eos_token_id=int(new[0, 3]))
+    assert single.shape[1] <= 5 + 4 and single[0, -1] == new[0, 3]

@@ -82,7 +82,8 @@ def answer(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, prompt: str, m
     """The reply's token ids (up to eos) to one prompt; sampling as in DeepSeekLM.generate."""
     model.eval()
     question = torch.tensor([prompt_ids(tokenizer, prompt)])
-    reply = model.generate(question, max_new_tokens, **sampling)[0, question.shape[1]:].tolist()
+    reply = model.generate(question, max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                           **sampling)[0, question.shape[1]:].tolist()
     return reply[:reply.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in reply else reply
 
 
@@ -103,7 +104,8 @@ def sampling_repetition(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, p
         generator = torch.Generator().manual_seed(seed)
         for prompt in prompts:
             question = prompt_ids(tokenizer, prompt)
-            full = model.generate(torch.tensor([question]), max_new_tokens, generator=generator, **sampling)
+            full = model.generate(torch.tensor([question]), max_new_tokens, generator=generator,
+                                  eos_token_id=tokenizer.eos_token_id, **sampling)
             reply = full[0, len(question):].tolist()
             stopped = tokenizer.eos_token_id in reply
             reply = reply[:reply.index(tokenizer.eos_token_id)] if stopped else reply

@@ -186,11 +186,13 @@ class DeepSeekLM(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
                  top_k: int | None = None, generator: torch.Generator | None = None,
-                 absorb: bool | None = None, repetition_penalty: float = 1.0, top_p: float = 1.0) -> torch.Tensor:
+                 absorb: bool | None = None, repetition_penalty: float = 1.0, top_p: float = 1.0,
+                 eos_token_id: int | None = None) -> torch.Tensor:
         """Continue input_ids (batch, seq) using the KV cache. temperature 0 is greedy decoding.
 
         top_k and top_p (nucleus) restrict sampling to the most likely tokens; repetition_penalty > 1
-        makes every token already in the sequence less likely (CTRL, Keskar et al. 2019).
+        makes every token already in the sequence less likely (CTRL, Keskar et al. 2019). With
+        eos_token_id, decoding stops once every row has emitted it (the output is then shorter).
         """
         if temperature < 0 or (top_k is not None and top_k < 1) or repetition_penalty <= 0 or not 0 < top_p <= 1:
             raise ValueError(f"need temperature ≥ 0, top_k ≥ 1 or None, repetition_penalty > 0 and 0 < top_p ≤ 1, "
@@ -198,12 +200,17 @@ class DeepSeekLM(nn.Module):
         absorb = self.config.attention == "mla" if absorb is None else absorb
         cache = KVCache(self.config.num_layers)
         tokens, step = input_ids, input_ids
+        finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         for _ in range(max_new_tokens):
             logits = self(step, cache=cache, absorb=absorb).logits[:, -1].float()
             if repetition_penalty != 1.0:
                 logits = penalise_repeats(logits, tokens, repetition_penalty)
             step = _sample(logits, temperature, top_k, generator, top_p)[:, None]
             tokens = torch.cat([tokens, step], dim=1)
+            if eos_token_id is not None:
+                finished |= step[:, 0] == eos_token_id
+                if finished.all():  # rows that ended earlier keep decoding until then, as without eos
+                    break
         return tokens
 
 

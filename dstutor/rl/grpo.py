@@ -134,7 +134,7 @@ def train_grpo(policy: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, problems:
         rows.append({"step": step + 1, "reward": rewards.mean().item(), "accuracy": correct.mean().item(),
                      "length": samples.lengths.float().mean().item(),
                      "degenerate": (rewards.std(dim=1) == 0).float().mean().item(), **row,
-                     "rollout_tokens_per_s": len(samples.texts) * config.max_new_tokens / generation_s,
+                     "rollout_tokens_per_s": samples.decoded_tokens / generation_s,
                      "step_s": time.perf_counter() - started, "elapsed_s": trained_s})
         rows[-1].update((callback(step + 1, policy) if callback else None) or {})
         if config.time_limit_s is not None and rows[-1]["elapsed_s"] >= config.time_limit_s:

@@ -27,11 +27,12 @@ Reward = Callable[[str, Problem], float]
 class Rollouts:
     """G completions per problem: token ids (rows grouped by problem), which positions are completion, texts."""
 
-    sequences: torch.Tensor   # (P·G, prompt + max_new_tokens) token ids
+    sequences: torch.Tensor   # (P·G, length ≤ prompt + max_new_tokens) token ids, padded
     mask: torch.Tensor        # (P·G, length − 1) 1 where position t+1 is a completion token (eos included)
     texts: list[str]          # the decoded completions, eos and what follows removed
     problems: list[Problem]   # the problem of each row
     group_size: int
+    decoded_tokens: int       # tokens the model decoded (rows × steps, past each row's eos too): the work done
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -53,21 +54,26 @@ def rollout(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, problems: lis
     by_length: dict[int, list[int]] = {}
     for i, ids in enumerate(prompts):
         by_length.setdefault(len(ids), []).append(i)
+    decoded, used = 0, 0
     for length, members in by_length.items():  # one cached generate call per prompt length
         batch = torch.tensor([prompts[i] for i in members]).repeat_interleave(group_size, dim=0)
-        out = model.generate(batch, max_new_tokens, temperature=temperature, generator=generator)
+        out = model.generate(batch, max_new_tokens, temperature=temperature, generator=generator,
+                             eos_token_id=tokenizer.eos_token_id)
         rows = torch.tensor([i * group_size + g for i in members for g in range(group_size)])
         sequences[rows, : out.shape[1]] = out
         completion = out[:, length:]
+        decoded, used = decoded + completion.numel(), max(used, out.shape[1])
         ended = (completion == tokenizer.eos_token_id).cumsum(dim=1)
         keep = (ended == 0) | ((ended == 1) & (completion == tokenizer.eos_token_id))  # up to the first eos
-        mask[rows, length - 1: length - 1 + max_new_tokens] = keep.float()
+        mask[rows, length - 1: length - 1 + completion.shape[1]] = keep.float()
+    # Columns past the longest decode hold only padding: cut them, so the update does not compute them.
+    sequences, mask = sequences[:, :used], mask[:, :used - 1]
     texts = []
     for row, problem_index in enumerate(np.repeat(np.arange(len(problems)), group_size)):
         start = len(prompts[problem_index])
         ids = sequences[row, start:start + int(mask[row].sum())].tolist()
         texts.append(tokenizer.decode([t for t in ids if t != tokenizer.eos_token_id]))
-    return Rollouts(sequences, mask, texts, [p for p in problems for _ in range(group_size)], group_size)
+    return Rollouts(sequences, mask, texts, [p for p in problems for _ in range(group_size)], group_size, decoded)
 
 
 def score(rollouts: Rollouts, reward: Reward) -> torch.Tensor:
