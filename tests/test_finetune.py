@@ -11,7 +11,7 @@ from dstutor.finetune.freezing import freeze, trainable_summary, training_step_c
 from dstutor.finetune.lora import add_lora, adapted_weights, lora_config
 from dstutor.finetune.methods import Method, finetune
 from dstutor.finetune.multitask import TASKS, MultiTaskModel, paired_tasks
-from dstutor.finetune.sft import IGNORE, encode_sft, prompt_ids, sft_example
+from dstutor.finetune.sft import IGNORE, answer, answers, encode_sft, prompt_ids, sft_example
 from dstutor.train import TrainConfig
 from tiny import tiny_lm
 
@@ -196,3 +196,11 @@ def test_task_embedding_reaches_only_its_task(tokenizer):
     torch.testing.assert_close(plain, LastTokenClassifier(model.classifier.lm, 2).eval().lm.hidden_states(
         batch["cls_input_ids"])[torch.arange(4), batch["cls_last"]] @ model.classifier.score.weight.T
         + model.classifier.score.bias)
+
+
+def test_batched_answers_equal_one_prompt_at_a_time(tokenizer):
+    model = tiny_lm(vocab_size=tokenizer.vocab_size).eval()
+    prompts = ["画蛇添足是什么意思？", "守株待兔是什么意思？", "哪个成语的意思是：多此一举？", "好"]
+    batched = answers(model, tokenizer, prompts, max_new_tokens=10)
+    assert batched == [answer(model, tokenizer, p, max_new_tokens=10) for p in prompts]
+    assert all(tokenizer.eos_token_id not in reply and len(reply) <= 10 for reply in batched)

@@ -15,7 +15,7 @@ import torch
 from torch.nn import functional as F
 from transformers import PreTrainedTokenizerFast
 
-from dstutor.finetune.sft import answer
+from dstutor.finetune.sft import answers
 from dstutor.models import DeepSeekLM
 
 
@@ -81,7 +81,7 @@ def text_losses(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, texts: Se
 def greedy_answers(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, prompts: Sequence[str],
                    max_new_tokens: int = 24) -> list[str]:
     """The model's greedy reply to each prompt in the chat template, up to eos."""
-    return [tokenizer.decode(answer(model, tokenizer, prompt, max_new_tokens)) for prompt in prompts]
+    return [tokenizer.decode(reply) for reply in answers(model, tokenizer, list(prompts), max_new_tokens)]
 
 
 @torch.no_grad()

@@ -18,10 +18,9 @@ from transformers import PreTrainedTokenizerFast
 from dstutor.data.packing import block_loader
 from dstutor.data.sources import load_corpus
 from dstutor.evaluate import repeated_ngram_fraction
+from dstutor.finetune.padding import IGNORE, TrimmedLoader
 from dstutor.models import DeepSeekLM
 from dstutor.train import TrainConfig, Trainer
-
-IGNORE = -100  # label value cross-entropy skips
 
 
 def idiom_instructions(max_explanation_chars: int = 24, seed: int = 0) -> pd.DataFrame:
@@ -77,14 +76,31 @@ def encode_sft(pairs: pd.DataFrame, tokenizer: PreTrainedTokenizerFast, max_len:
 
 
 @torch.no_grad()
+def answers(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, prompts: list[str], max_new_tokens: int = 24,
+            **sampling) -> list[list[int]]:
+    """The reply's token ids (up to eos) to every prompt; sampling as in DeepSeekLM.generate.
+
+    Prompts of equal token length decode together in one batch (the model takes no padding mask), and
+    each batch stops once every reply has its end token.
+    """
+    model.eval()
+    questions = [prompt_ids(tokenizer, prompt) for prompt in prompts]
+    by_length: dict[int, list[int]] = {}
+    for i, ids in enumerate(questions):
+        by_length.setdefault(len(ids), []).append(i)
+    replies: list[list[int]] = [[] for _ in prompts]
+    for length, members in by_length.items():
+        out = model.generate(torch.tensor([questions[i] for i in members]), max_new_tokens,
+                             eos_token_id=tokenizer.eos_token_id, **sampling)
+        for i, row in zip(members, out[:, length:].tolist()):
+            replies[i] = row[:row.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in row else row
+    return replies
+
+
 def answer(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, prompt: str, max_new_tokens: int = 24,
            **sampling) -> list[int]:
     """The reply's token ids (up to eos) to one prompt; sampling as in DeepSeekLM.generate."""
-    model.eval()
-    question = torch.tensor([prompt_ids(tokenizer, prompt)])
-    reply = model.generate(question, max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                           **sampling)[0, question.shape[1]:].tolist()
-    return reply[:reply.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in reply else reply
+    return answers(model, tokenizer, [prompt], max_new_tokens, **sampling)[0]
 
 
 def chrf(hypotheses: list[str], references: list[str]) -> float:
@@ -98,23 +114,17 @@ def chrf(hypotheses: list[str], references: list[str]) -> float:
 def sampling_repetition(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, prompts: list[str],
                         settings: dict[str, dict], max_new_tokens: int = 48, n: int = 2, seed: int = 0) -> pd.DataFrame:
     """Per decoding setting: mean share of repeated n-grams in the replies, mean reply length, replies stopped by eos."""
-    model.eval()
     rows = []
     for name, sampling in settings.items():
         generator = torch.Generator().manual_seed(seed)
-        for prompt in prompts:
-            question = prompt_ids(tokenizer, prompt)
-            full = model.generate(torch.tensor([question]), max_new_tokens, generator=generator,
-                                  eos_token_id=tokenizer.eos_token_id, **sampling)
-            reply = full[0, len(question):].tolist()
-            stopped = tokenizer.eos_token_id in reply
-            reply = reply[:reply.index(tokenizer.eos_token_id)] if stopped else reply
+        for reply in answers(model, tokenizer, prompts, max_new_tokens, generator=generator, **sampling):
+            # answers() cuts the reply at eos, so a reply shorter than max_new_tokens is one that stopped
             rows.append({"setting": name, "repeated_ngrams": repeated_ngram_fraction(reply, n) if len(reply) >= n else 0.0,
-                         "reply_tokens": len(reply), "stopped": stopped})
+                         "reply_tokens": len(reply), "stopped": len(reply) < max_new_tokens})
     return pd.DataFrame(rows).groupby("setting", sort=False).mean()
 
 
 def answer_loss(model: nn.Module, data: datasets.Dataset, batch_size: int = 32) -> float:
     """Mean next-token loss on the labelled (answer) tokens of encoded SFT examples, over all of them."""
-    loader = block_loader(data, batch_size, shuffle=False, fields=("input_ids", "labels"))
+    loader = TrimmedLoader(block_loader(data, batch_size, shuffle=False, fields=("input_ids", "labels")))
     return Trainer(TrainConfig(eval_batches=len(loader), progress=False)).evaluate(model, loader)["val_loss"]
