@@ -17,14 +17,11 @@ import nbformat
 import pandas as pd
 
 from dstutor.bench import save_results
-from dstutor.chapters import REPO_ROOT, RUNTIMES_FILE, chapter_paths
+from dstutor.chapters import (BOOK_BUDGET_S, CHAPTER_BUDGET_S, LONG_CHAPTER_BUDGET_S, LONG_CHAPTERS_ALLOWED,
+                              REPO_ROOT, RUNTIMES_FILE, chapter_paths)
 from dstutor.env import cache_dir
 from dstutor.zoo import BUILD_RECORD
 
-CHAPTER_BUDGET_S = 300  # 5 minutes a chapter on 2 cores ...
-LONG_CHAPTER_BUDGET_S = 480  # ... except at most two chapters, up to 8 minutes
-LONG_CHAPTERS_ALLOWED = 2
-BOOK_BUDGET_S = 2400  # 40 minutes for every chapter, the models they need included
 EXECUTED = REPO_ROOT / "book" / "chapters"
 ZOO_LOGS = REPO_ROOT / "book" / "_build" / "zoo"
 

@@ -13,6 +13,11 @@ import pandas as pd
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 RUNTIMES_FILE = REPO_ROOT / "book" / "_build" / "runtimes.json"
+# The course's runtime budget on a 2-core CPU, full mode (`make bench-book` checks the last build against it).
+CHAPTER_BUDGET_S = 300  # a chapter ...
+LONG_CHAPTER_BUDGET_S = 480  # ... except at most LONG_CHAPTERS_ALLOWED chapters, up to this
+LONG_CHAPTERS_ALLOWED = 2
+BOOK_BUDGET_S = 2400  # every chapter, the models they build included
 
 
 def chapter_paths(directory: Path = NOTEBOOK_DIR) -> list[Path]:
@@ -43,6 +48,13 @@ def chapter_runtimes(runtimes_file: Path = RUNTIMES_FILE, directory: Path = NOTE
 def runtime_table(runtimes_file: Path = RUNTIMES_FILE, directory: Path = NOTEBOOK_DIR):
     """chapter_runtimes() styled for reading: whole seconds, "not measured yet" where there is no run."""
     return chapter_runtimes(runtimes_file, directory).style.format(precision=0, na_rep="not measured yet")
+
+
+def budget_sentence() -> str:
+    """The runtime budget in words, from the constants `make bench-book` checks."""
+    return (f"The course's budget is {CHAPTER_BUDGET_S / 60:.0f} minutes a chapter on a 2-core CPU "
+            f"({LONG_CHAPTERS_ALLOWED} chapters may take up to {LONG_CHAPTER_BUDGET_S / 60:.0f}), "
+            f"{BOOK_BUDGET_S / 60:.0f} minutes for the whole book.")
 
 
 def runtime_note(number: str, runtimes_file: Path = RUNTIMES_FILE) -> str:
