@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from dstutor.zoo import COMPLETE, build_once
+from dstutor.zoo import BUILD_RECORD, COMPLETE, build_once
 
 BUILDER = textwrap.dedent("""
     import sys, time
@@ -37,7 +37,8 @@ def test_two_processes_asking_at_once_build_once(tmp_path):
     outputs = [run.communicate(timeout=120)[0].strip() for run in runs]
     assert [run.returncode for run in runs] == [0, 0]
     assert log.read_text() == "build\n"
-    assert outputs == [str(sorted([COMPLETE, "part-1.txt", "part-2.txt"]))] * 2  # neither saw a half-built folder
+    expected = sorted([COMPLETE, BUILD_RECORD, "part-1.txt", "part-2.txt"])
+    assert outputs == [str(expected)] * 2  # neither saw a half-built folder
     assert sorted(p.name for p in folder.parent.iterdir()) == ["artefact", "artefact.lock"]  # no temporary left
 
 
@@ -63,3 +64,23 @@ def test_importing_any_dstutor_module_sets_the_offline_variables():
     code = "import os, dstutor.models.hf; print([os.environ.get(k) for k in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE', 'HF_DATASETS_OFFLINE')])"
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "['1', '1', '1']"
+
+
+def test_a_build_records_its_own_seconds_and_what_it_needed(tmp_path, monkeypatch):
+    import json
+
+    from dstutor import zoo
+    log = tmp_path / "access.jsonl"
+    monkeypatch.setenv(zoo.ACCESS_LOG, str(log))
+    inner, outer = tmp_path / "inner", tmp_path / "outer"
+
+    def build_outer(into):
+        build_once(inner, lambda i: (i / "x").write_text("x"))
+        (into / "y").write_text("y")
+
+    build_once(outer, build_outer)
+    build_once(outer, build_outer)  # cached now
+    record = json.loads((outer / BUILD_RECORD).read_text())
+    assert record["needs"] == ["inner"] and record["seconds"] >= 0
+    assert [json.loads(line) for line in log.read_text().splitlines()] == [
+        {"artefact": "inner", "built": True}, {"artefact": "outer", "built": True}, {"artefact": "outer", "built": False}]
