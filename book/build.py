@@ -27,6 +27,11 @@ BOOK_FILES = ["_config.yml", "_toc.yml", "_ext"]
 ZOO_LOGS = Path("_build") / "zoo"  # under the book folder
 
 
+def is_tour(chapter: Path) -> bool:
+    """Chapter 00, the tour: it shows every other chapter's runtime, so it runs after them."""
+    return chapter.stem.startswith("00_")
+
+
 def execute_all(out_dir: Path, smoke: bool, force: bool, only: list[str] | None = None) -> None:
     """Execute the chapters that changed into out_dir as .ipynb; record full-mode runtimes and zoo use.
 
@@ -36,8 +41,8 @@ def execute_all(out_dir: Path, smoke: bool, force: bool, only: list[str] | None 
     chapters = [c for c in chapter_paths() if only is None or c.stem[:2] in only]
     device = choose_device().device.type
     ran_any = False
-    for chapter in chapters[1:] + chapters[:1]:  # the tour reads the others' runtimes
-        stale_tour = chapter == chapters[0] and ran_any
+    for chapter in sorted(chapters, key=is_tour):  # the tour runs last: it reads the others' runtimes
+        stale_tour = is_tour(chapter) and ran_any
         if not force and not stale_tour and is_current(chapter, out_dir, smoke):
             refresh_text(chapter, out_dir, smoke)
             print(f"  {chapter.stem}: outputs current, text refreshed", flush=True)
