@@ -70,6 +70,20 @@ def test_run_seeds_trains_every_variant_per_seed_and_seeds_differ(blocks):  # no
         run_seeds({"moe": config}, train, [], *blocks, batch_size=4)
 
 
+def test_run_seeds_reuses_given_runs_instead_of_training_them(blocks):  # noqa: F811
+    train = TrainConfig(steps=3, lr=1e-2, warmup_steps=0, progress=False, eval_every=3, eval_batches=1)
+    config = tiny_model().config
+    variants = {"moe": config, "dropout": config.replace(dropout=0.1)}
+    trained = run_seeds(variants, train, [0, 1], *blocks, batch_size=4)
+    done = trained[(trained.variant == "moe") & (trained.seed == 0)].assign(loss=-1.0)  # marked, to see it reused
+    runs = run_seeds(variants, train, [0, 1], *blocks, batch_size=4, done=done)
+    assert (runs[(runs.variant == "moe") & (runs.seed == 0)].loss == -1.0).all()
+    assert (runs[runs.loss == -1.0].seed == 0).all() and (runs[runs.loss == -1.0].variant == "moe").all()
+    pd.testing.assert_frame_equal(final_values(runs), final_values(trained))  # same order, same results
+    with pytest.raises(ValueError, match="'other'.*not among the variants"):
+        run_seeds(variants, train, [0], *blocks, batch_size=4, done=done.assign(variant="other"))
+
+
 def test_grid_search_runs_each_cell_once_per_seed(blocks):  # noqa: F811
     train = TrainConfig(steps=2, lr=1e-2, warmup_steps=0, progress=False, eval_every=2, eval_batches=1)
     results = grid_search({"dropout": [0.0, 0.2]}, tiny_model().config, train, *blocks, batch_size=4, seeds=[0, 1, 2])

@@ -65,6 +65,17 @@ def test_panel_builds_controls_and_compares_runs():
     assert len(panel.histories) == 2 and "done" in panel.message.value
 
 
+def test_panel_records_a_run_made_before_with_its_starting_values():
+    configs = {"model": tiny_model().config, "train": TrainConfig(steps=10)}
+    panel = HyperParameterPanel(fake_run, configs, {"lr": (1e-4, 1e-1, "log"), "steps": (5, 50)})
+    panel.record(fake_run(**configs), seconds=1.5)  # what a chapter does with a run it already trained
+    assert list(panel.results.run) == ["run 1"] and panel.results.seconds.iloc[0] == 1.5
+    assert panel.results.steps.iloc[0] == 10 and "run 1 done" in panel.message.value
+    panel.controls["steps"].value = 20
+    panel.run()
+    assert list(panel.results.run) == ["run 1", "run 2"] and len(panel.histories) == 2
+
+
 def test_panel_shows_a_readable_error_for_an_invalid_combination():
     panel = HyperParameterPanel(fake_run, {"model": tiny_model().config, "train": TrainConfig(steps=10, warmup_steps=8)},
                                 {"steps": (1, 50)})

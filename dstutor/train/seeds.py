@@ -18,12 +18,28 @@ from dstutor.train.trainer import TrainConfig
 
 
 def run_seeds(variants: Mapping[str, DeepSeekConfig], train: TrainConfig, seeds: Sequence[int],
-              train_blocks: datasets.Dataset, val_blocks: datasets.Dataset, batch_size: int) -> pd.DataFrame:
-    """`run_variants` once per seed (initialisation and batch order both follow it), with a `seed` column."""
+              train_blocks: datasets.Dataset, val_blocks: datasets.Dataset, batch_size: int,
+              done: pd.DataFrame | None = None) -> pd.DataFrame:
+    """`run_variants` once per seed (initialisation and batch order both follow it), with a `seed` column.
+
+    `done`: histories the caller already trained with exactly these settings (columns variant and seed);
+    those runs are reused, not trained again, since the same seed gives the same run.
+    """
     if not seeds:
         raise ValueError("run_seeds needs at least one seed")
-    return pd.concat([run_variants(variants, dataclasses.replace(train, seed=s), train_blocks, val_blocks,
-                                   batch_size).assign(seed=s) for s in seeds], ignore_index=True)
+    done = done if done is not None else pd.DataFrame(columns=["variant", "seed"])
+    unknown = set(done.variant) - set(variants)
+    if unknown:
+        raise ValueError(f"done has histories of {sorted(unknown)}, which are not among the variants {list(variants)}")
+    frames = []
+    for s in seeds:
+        reused = done[done.seed == s]
+        todo = {name: config for name, config in variants.items() if name not in set(reused.variant)}
+        ran = run_variants(todo, dataclasses.replace(train, seed=s), train_blocks, val_blocks,
+                           batch_size).assign(seed=s) if todo else reused.iloc[:0]
+        both = pd.concat([reused, ran], ignore_index=True)
+        frames += [both[both.variant == name] for name in variants]  # the variants' order, reused or not
+    return pd.concat(frames, ignore_index=True)
 
 
 def final_values(histories: pd.DataFrame, metric: str = "val_loss") -> pd.DataFrame:

@@ -78,14 +78,17 @@ class HyperParameterPanel:
             return None
         finally:
             self.button.disabled = False
+        self.record(history, time.perf_counter() - start)
+        return history
+
+    def record(self, history: pd.DataFrame, seconds: float) -> None:
+        """Add a run made with the controls' current values to the table and plot: the panel's, or one the chapter already made."""
         label = f"run {len(self.histories) + 1}"
         self.histories.append(history.assign(variant=label))
-        row = pd.DataFrame([{"run": label, **self.values(), **summarize(history),
-                             "seconds": time.perf_counter() - start}])
+        row = pd.DataFrame([{"run": label, **self.values(), **summarize(history), "seconds": seconds}])
         self.results = pd.concat([self.results, row], ignore_index=True)
         self.message.value = f"{label} done: validation loss {row.val_loss.iloc[0]:.3f}"
         self._show_comparison()
-        return history
 
     def _show_comparison(self) -> None:
         with self.comparison:
