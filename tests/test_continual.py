@@ -12,9 +12,10 @@ from dstutor.continual.ewc import Consolidated, EWCModel, fisher_diagonal
 from dstutor.continual.metrics import backward_transfer, final_loss, forgetting, forgetting_rate, forward_transfer
 from dstutor.continual.online import (DriftDetector, Snapshots, detection_report, online_learning,
                                       token_distribution)
-from dstutor.continual.privacy import clipped_noisy_gradient, opacus_support, per_sample_gradients, rdp_epsilon
+from dstutor.continual.privacy import (clipped_noisy_gradient, dp_finetune, opacus_support, per_sample_gradients,
+                                       rdp_epsilon, summed_gradient)
 from dstutor.continual.replay import ReplayBuffer, rank_probabilities
-from dstutor.continual.strategies import Strategy, freeze_for_stage, run_sequence
+from dstutor.continual.strategies import Strategy, compare_strategies, freeze_for_stage, run_sequence
 from dstutor.continual.tasks import Task, task_sequence
 from dstutor.train import TrainConfig, Trainer
 from tiny import tiny_lm as tiny
@@ -111,6 +112,29 @@ def test_sequential_training_learns_each_task_and_forgets_the_first():
     assert forgetting(replayed) < forgetting(losses)
     adapters, _ = run_sequence(tiny_lm(), tasks, Strategy(lr=1e-2, lora_rank=4), steps=20, batch_size=8)
     assert forgetting(adapters) == 0.0  # each task is scored with its own adapter over an untouched base
+
+
+def test_a_shared_first_stage_gives_the_same_runs_as_training_it_again():
+    tasks = [pattern_task("low", 0, 32, 0), pattern_task("high", 32, 64, 1)]
+    base = tiny_lm()
+    strategies = [Strategy("naive", lr=3e-3), Strategy("replay", lr=3e-3, replay_size=20, replay_alpha=1.0),
+                  Strategy("EWC", lr=3e-3, ewc_strength=100.0), Strategy("by task", lr=3e-3, freeze="by_task"),
+                  Strategy("LoRA", lr=1e-2, lora_rank=2)]  # its adapters' initialisation follows the seed alone
+    runs, means, sequences = compare_strategies(base, tasks, strategies, seeds=[0, 1], steps=6, batch_size=4)
+    for strategy in strategies:
+        for seed in (0, 1):
+            alone, history = run_sequence(base, tasks, strategy, steps=6, batch_size=4, seed=seed)
+            shared, shared_history = sequences[strategy.name, seed]
+            assert shared.equals(alone), strategy.name  # bit for bit: the reused stage is the stage it would train
+            assert shared_history.loss.equals(history.loss)
+    # naive and replay share stage 1 and its time (EWC adds its Fisher); freezing by task trains its own
+    assert sequences["naive", 0][1].stage_seconds.iloc[0] == sequences["replay", 0][1].stage_seconds.iloc[0]
+    assert sequences["naive", 0][1].stage_seconds.iloc[0] != sequences["by task", 0][1].stage_seconds.iloc[0]
+    assert list(runs.strategy) == [s.name for s in strategies for _ in (0, 1)] and (runs.seconds > 0).all()
+    assert not sequences["LoRA", 0][0].equals(sequences["LoRA", 1][0])
+    assert means["naive"].equals((sequences["naive", 0][0] + sequences["naive", 1][0]) / 2)
+    with pytest.raises(ValueError, match="unique.*'naive', 'naive'"):
+        compare_strategies(base, tasks, [Strategy("naive"), Strategy("naive")], [0], 1, 2)
 
 
 def test_freezing_by_task_leaves_frozen_weights_bit_identical():
@@ -236,6 +260,20 @@ def test_per_sample_gradients_and_dp_step_equal_opacus_on_a_dense_model():
     optimizer.pre_step()  # opacus clips per sample, sums and scales into p.grad
     ours_dp = clipped_noisy_gradient(ours, clip=0.5, noise_multiplier=0.0, expected_batch_size=4)
     assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(ours_dp, reference.parameters()))
+
+
+def test_the_non_private_reference_sums_the_per_sample_gradients_in_one_pass():
+    model = tiny_lm()  # MoE: the model the chapter fine-tunes
+    ids = pattern_task("t", 0, 32, 0).train[:5]
+    total = [torch.stack(column).sum(0) for column in zip(*per_sample_gradients(model, ids))]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(summed_gradient(model, ids), total))
+    blocks = pattern_task("t", 0, 32, 0).train
+    reference = dp_finetune(tiny_lm(), blocks, blocks[:8], 3, 0.2, None, 0.0, lr=1e-3, delta=1e-5)
+    unclipped = dp_finetune(tiny_lm(), blocks, blocks[:8], 3, 0.2, 1e6, 0.0, lr=1e-3, delta=1e-5)  # per example
+    assert reference["val_loss"] == pytest.approx(unclipped["val_loss"], abs=1e-4)  # the same batches, too
+    assert reference["epsilon"] == float("inf")
+    with pytest.raises(ValueError, match="noise_multiplier=1.0 needs a clipping norm"):
+        dp_finetune(tiny_lm(), blocks, blocks[:8], 1, 0.2, None, 1.0, lr=1e-3, delta=1e-5)
 
 
 @pytest.mark.parametrize("sigma, q, steps", [(1.0, 0.01, 100), (0.7, 0.05, 300), (2.0, 0.004, 1000), (1.1, 1.0, 10)])

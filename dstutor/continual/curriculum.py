@@ -50,7 +50,8 @@ def compare_orders(config: DeepSeekConfig, train_blocks: torch.Tensor, val_block
     for order, seed in tqdm([(o, s) for o in orders for s in seeds], desc="curriculum runs"):
         seed_everything(seed)  # the initialisation follows the seed; so does the sampling below
         model = DeepSeekLM(config)
-        train = TrainConfig(steps=steps, lr=lr, eval_every=max(1, steps // 5), eval_batches=len(val), seed=seed,
+        # one evaluation at the end of each curriculum stage (the last one is the reported loss)
+        train = TrainConfig(steps=steps, lr=lr, eval_every=max(1, steps // stages), eval_batches=len(val), seed=seed,
                             progress=False, device="cpu")
         history = Trainer(train).fit(model, ordered_batches(train_blocks, difficulty, order, steps, batch_size, stages, seed), val)
         histories.append(history.assign(order=order, seed=seed))

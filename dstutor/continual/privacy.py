@@ -65,6 +65,15 @@ def per_sample_gradients(model: nn.Module, batch: torch.Tensor) -> list[list[tor
     return grads
 
 
+def summed_gradient(model: nn.Module, batch: torch.Tensor) -> list[torch.Tensor]:
+    """Σ_i g_i over the batch's examples in one backward pass: equal-length blocks make it the batch mean × its size."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not len(batch):
+        return [torch.zeros_like(p) for p in params]
+    found = torch.autograd.grad(model(batch, labels=batch).loss * len(batch), params, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, found)]
+
+
 def clipped_noisy_gradient(grads: list[list[torch.Tensor]], clip: float, noise_multiplier: float,
                            expected_batch_size: float, generator: torch.Generator | None = None) -> list[torch.Tensor]:
     """Σ_i clip(g_i) + N(0, σ²C²), divided by the expected batch size (DP-SGD's gradient; opacus's, too)."""
@@ -84,24 +93,32 @@ def clipped_noisy_gradient(grads: list[list[torch.Tensor]], clip: float, noise_m
 
 
 def dp_finetune(model: nn.Module, train_blocks: torch.Tensor, val_blocks: torch.Tensor, steps: int,
-                sample_rate: float, clip: float, noise_multiplier: float, lr: float, delta: float,
+                sample_rate: float, clip: float | None, noise_multiplier: float, lr: float, delta: float,
                 seed: int = 0) -> dict[str, float]:
     """DP-Adam on Poisson-sampled batches of train_blocks (model is changed in place): validation loss and (ε, δ).
 
-    The MoE router-bias update is skipped: it counts which experts each private example uses and is
-    not privatised, so it would leak outside the accountant.
+    clip=None is the non-private reference on the same batches: Σ_i g_i unclipped and without noise, from
+    one backward pass instead of one per example. The MoE router-bias update is skipped: it counts which
+    experts each private example uses and is not privatised, so it would leak outside the accountant.
     """
+    if clip is None and noise_multiplier:
+        raise ValueError(f"noise_multiplier={noise_multiplier} needs a clipping norm: noise is scaled by clip")
     seed_everything(seed)
-    generator = torch.Generator().manual_seed(seed)
+    # batches and noise draw from separate generators: every setting of one seed sees the same batches
+    sampler, noise = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr)
     expected = sample_rate * len(train_blocks)
     model.train()
     for _ in range(steps):
-        chosen = torch.rand(len(train_blocks), generator=generator) < sample_rate
+        chosen = torch.rand(len(train_blocks), generator=sampler) < sample_rate
         batch = train_blocks[chosen]
-        grads = per_sample_gradients(model, batch) if len(batch) else [[torch.zeros_like(p) for p in params]]
-        for p, g in zip(params, clipped_noisy_gradient(grads, clip, noise_multiplier, expected, generator)):
+        if clip is None:
+            gradient = [g / expected for g in summed_gradient(model, batch)]
+        else:
+            grads = per_sample_gradients(model, batch) if len(batch) else [[torch.zeros_like(p) for p in params]]
+            gradient = clipped_noisy_gradient(grads, clip, noise_multiplier, expected, noise)
+        for p, g in zip(params, gradient):
             p.grad = g
         optimizer.step()
     model.eval()

@@ -109,9 +109,24 @@ def _batches(task: Task, buffer: ReplayBuffer, strategy: Strategy, model: nn.Mod
     return batches
 
 
+def _first_stage_key(strategy: Strategy, seed: int, steps: int, batch_size: int) -> tuple | None:
+    """What the first stage's training depends on, for strategies that can share it; None for LoRA (adapters, not weights)."""
+    if strategy.lora_rank:
+        return None
+    # the buffer is empty and EWC has no memory yet in stage 1, and "bottom_half" freezes from stage 2 on
+    freeze = strategy.freeze if strategy.freeze == "by_task" else "none"
+    return strategy.lr, strategy.schedule, strategy.warmup_steps, freeze, seed, steps, batch_size
+
+
 def run_sequence(base: DeepSeekLM, tasks: list[Task], strategy: Strategy, steps: int, batch_size: int,
-                 seed: int = 0, fisher_batches: int = 8) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Learn the tasks in order from a copy of base; the loss matrix R (stages × tasks) and the training history."""
+                 seed: int = 0, fisher_batches: int = 8, before: list[float] | None = None,
+                 shared: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Learn the tasks in order from a copy of base; the loss matrix R (stages × tasks) and the training history.
+
+    before: base's held-out losses when the caller has them. shared: a dict passed to every run on the same
+    base and tasks, so that a first stage that several strategies train identically is trained once.
+    The history's stage_seconds is each stage's learning time (batches, steps, Fisher), evaluation excluded.
+    """
     strategy.validate()
     if not tasks:
         raise ValueError("no tasks: pass at least one Task")
@@ -123,24 +138,39 @@ def run_sequence(base: DeepSeekLM, tasks: list[Task], strategy: Strategy, steps:
     names = [task.name for task in tasks]
     models = [copy.deepcopy(base)]  # models[-1] is the current one; LoRA keeps one per task
     buffer, memory = ReplayBuffer(strategy.replay_size, seed), None
-    rows, histories = [[held_out_loss(base, task.test) for task in tasks]], []
+    rows = [list(before) if before is not None else [held_out_loss(base, task.test) for task in tasks]]
+    histories = []
     for stage, task in enumerate(tasks):
+        began = time.perf_counter()
         model = models[-1]
         if strategy.lora_rank:
-            model = add_lora(copy.deepcopy(base), strategy.lora_rank, 2 * strategy.lora_rank)
+            with torch.random.fork_rng():  # the adapters' initialisation follows the seed, not the runs made before
+                torch.manual_seed(seed * 1000 + stage)
+                model = add_lora(copy.deepcopy(base), strategy.lora_rank, 2 * strategy.lora_rank)
             models = models[:stage] + [model] if stage else [model]
         else:
             freeze_for_stage(model, strategy, stage, len(tasks))
-        batches = _batches(task, buffer, strategy, model, steps, batch_size, seed * 1000 + stage)
-        trained = EWCModel(model, memory, strategy.ewc_strength) if memory else model
-        config = TrainConfig(steps=steps, lr=strategy.lr, schedule=strategy.schedule, warmup_steps=strategy.warmup_steps,
-                             weight_decay=0.0, eval_every=0, seed=seed, progress=False, device="cpu")
-        history = Trainer(config).fit(trained, batches)
-        histories.append(history.assign(stage=stage + 1, task=task.name))
+        key = _first_stage_key(strategy, seed, steps, batch_size) if stage == 0 and shared is not None else None
+        if key is not None and key in shared:
+            state, history, learned = shared[key]
+            model.load_state_dict(state)
+        else:
+            batches = _batches(task, buffer, strategy, model, steps, batch_size, seed * 1000 + stage)
+            trained = EWCModel(model, memory, strategy.ewc_strength) if memory else model
+            config = TrainConfig(steps=steps, lr=strategy.lr, schedule=strategy.schedule,
+                                 warmup_steps=strategy.warmup_steps, weight_decay=0.0, eval_every=0, seed=seed,
+                                 progress=False, device="cpu")
+            history = Trainer(config).fit(trained, batches)
+            learned = time.perf_counter() - began
+            if key is not None:
+                shared[key] = (copy.deepcopy(model.state_dict()), history, learned)
         buffer.add(task.name, task.train)
-        if strategy.ewc_strength:
+        if strategy.ewc_strength and stage + 1 < len(tasks):  # no later task needs the last task's Fisher
+            began = time.perf_counter()
             fisher = fisher_diagonal(model, list(task.train[:fisher_batches * batch_size].split(batch_size)))
             memory = (memory or Consolidated({}, {})).update(model, fisher)
+            learned += time.perf_counter() - began
+        histories.append(history.assign(stage=stage + 1, task=task.name, stage_seconds=learned))
         # with adapters per task, task j is scored by its own adapter once learned (the task's id is known)
         rows.append([held_out_loss(models[min(j, len(models) - 1)], tasks[j].test) for j in range(len(tasks))])
     losses = pd.DataFrame(rows, index=["before"] + [f"after {name}" for name in names], columns=names)
@@ -148,15 +178,18 @@ def run_sequence(base: DeepSeekLM, tasks: list[Task], strategy: Strategy, steps:
 
 
 def compare_strategies(base: DeepSeekLM, tasks: list[Task], strategies: list[Strategy], seeds: list[int],
-                       steps: int, batch_size: int) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """Every strategy once per seed: one row of metrics per run, and each strategy's R averaged over seeds."""
-    rows, matrices = [], {}
-    runs = [(strategy, seed) for strategy in strategies for seed in seeds]
-    for strategy, seed in tqdm(runs, desc="continual runs"):
-        began = time.perf_counter()
-        losses, _ = run_sequence(base, tasks, strategy, steps, batch_size, seed)
+                       steps: int, batch_size: int) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict]:
+    """Every strategy once per seed: one row of metrics per run, each strategy's R averaged over seeds, and
+    each run's (R, history) by (strategy name, seed). A run's seconds are its learning time, evaluation excluded."""
+    names = [strategy.name for strategy in strategies]
+    if len(set(names)) != len(names):
+        raise ValueError(f"strategy names must be unique, they label the results; got {names}")
+    before = [held_out_loss(base, task.test) for task in tasks]  # the same base model starts every run
+    shared, rows, sequences = {}, [], {}
+    for strategy, seed in tqdm([(s, seed) for s in strategies for seed in seeds], desc="continual runs"):
+        losses, history = run_sequence(base, tasks, strategy, steps, batch_size, seed, before=before, shared=shared)
         rows.append({"strategy": strategy.name, "seed": seed, **summary(losses),
-                     "seconds": time.perf_counter() - began})
-        matrices.setdefault(strategy.name, []).append(losses)
-    means = {name: sum(frames) / len(frames) for name, frames in matrices.items()}
-    return pd.DataFrame(rows), means
+                     "seconds": history.groupby("stage").stage_seconds.first().sum()})
+        sequences[strategy.name, seed] = (losses, history)
+    means = {name: sum(sequences[name, seed][0] for seed in seeds) / len(seeds) for name in names}
+    return pd.DataFrame(rows), means, sequences
