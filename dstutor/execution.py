@@ -41,6 +41,7 @@ class ChapterRun:
     path: Path
     notebook: nbformat.NotebookNode
     seconds: float
+    stamp: str | None = None  # content_hash when execution started (the file may change while it runs)
 
 
 def read_chapter(path: Path, smoke: bool) -> nbformat.NotebookNode:
@@ -105,6 +106,7 @@ def poll_in_steps(channel, step: float = POLL_STEP_S) -> None:
 
 def execute_chapter(path: Path, smoke: bool, timeout: int = 900) -> ChapterRun:
     """Run every cell from a fresh kernel (timeout per cell, seconds); raise ChapterError on failure."""
+    stamp = content_hash(path, smoke)
     notebook = read_chapter(path, smoke)
     current = {"index": -1}
 
@@ -130,7 +132,7 @@ def execute_chapter(path: Path, smoke: bool, timeout: int = 900) -> ChapterRun:
             report = ANSI_COLOURS.sub("", str(error))
             raise ChapterError(f"{path.name}: code cell {number} {kind}\n--- cell source ---\n{source}\n"
                                f"--- error ---\n{report}") from None
-    return ChapterRun(path, notebook, time.perf_counter() - start)
+    return ChapterRun(path, notebook, time.perf_counter() - start, stamp)
 
 
 FIGURE_CALLS = ("plt.show()", "show_heatmaps(")
@@ -238,7 +240,7 @@ def content_hash(chapter: Path, smoke: bool, root: Path = REPO_ROOT) -> str:
 def save_executed(run: ChapterRun, out_dir: Path, smoke: bool) -> Path:
     """Write the executed chapter as out_dir/NN_topic.ipynb, stamped with its content hash."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    run.notebook.metadata["dstutor_build"] = content_hash(run.path, smoke)
+    run.notebook.metadata["dstutor_build"] = run.stamp or content_hash(run.path, smoke)
     target = out_dir / f"{run.path.stem}.ipynb"
     nbformat.write(run.notebook, target)
     return target

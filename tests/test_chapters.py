@@ -172,3 +172,11 @@ def test_polling_in_steps_bounds_a_missed_wake_up_and_still_times_out():
     with pytest.raises(queue.Empty):
         asyncio.run(never.get_msg(timeout=0.3))
     assert 0.25 < time.monotonic() - began < 1
+
+
+def test_a_chapter_edited_while_it_runs_is_stale_afterwards(tmp_path):
+    # The cell edits its own chapter's code, as a writer saving mid-run would: the outputs are of the old code.
+    path = write_chapter(tmp_path, extra='open("99_test.md", "a").write("\\n```{code-cell} ipython3\\nx = 1\\n```\\n")')
+    run = execution.execute_chapter(path, smoke=False, timeout=60)
+    execution.save_executed(run, tmp_path / "out", smoke=False)
+    assert not execution.is_current(path, tmp_path / "out", smoke=False)
