@@ -8,6 +8,7 @@ its code (its syntax tree without docstrings), so a comment or docstring edit re
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def without_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
+@functools.lru_cache(maxsize=1024)  # the build hashes every chapter: each module is parsed once per text
 def code_fingerprint(source: str) -> str:
     """What of `source` can change what it does: its syntax tree without docstrings, comments or layout.
 
@@ -62,7 +64,8 @@ def _strings(tree: ast.AST) -> list[str]:
     return [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)]
 
 
-def imported_names(code: str, package: str = "") -> set[str]:
+@functools.lru_cache(maxsize=1024)
+def imported_names(code: str, package: str = "") -> frozenset[str]:
     """Absolute module names that code imports (anywhere, functions included) or names in a string.
 
     Comments and docstrings are not code: a module named there is no dependency.
@@ -79,7 +82,7 @@ def imported_names(code: str, package: str = "") -> set[str]:
                 base = ".".join(anchor + ([node.module] if node.module else []))
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import submodule`
-    return {parent for name in names for parent in _with_parents(name)}
+    return frozenset(parent for name in names for parent in _with_parents(name))
 
 
 def results_read(code: str) -> set[str]:
