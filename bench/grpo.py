@@ -1,9 +1,10 @@
 """GRPO on this CPU: wall-clock per step, rollout tokens/s with the KV cache, and held-out pass@1 against time.
 
 Chapter 09's recipe for seed 0 (cold-start SFT, then GRPO at the chapter's batch and learning rate),
-run for a fixed budget of GRPO wall-clock; held-out pass@1 is measured every --every steps (the
-evaluations are not counted in the budget). Target (issue 12): pass@1 on addition at least +20 points
-over the SFT start within 10 minutes of CPU.
+run for a fixed budget of GRPO wall-clock; the SFT start is chapter 09's, loaded from the zoo (built
+once). Held-out pass@1 is measured every --every steps (the evaluations are not counted in the
+budget). Target (issue 12): pass@1 on addition at least +20 points over the SFT start within 10
+minutes of CPU.
 Usage: python bench/grpo.py [--budget-s 600] [--every 25]
 """
 from __future__ import annotations

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
 from dstutor.models import DeepSeekLM, LMOutput
-from dstutor.rl.pipeline import Recipe, held_out
+from dstutor.rl.pipeline import Recipe, cold_start, held_out
 from dstutor.rl.policy import supervised, task_model
 from dstutor.rl.rollouts import rejection_sample, rollout
 from dstutor.rl.tasks import Problem, as_pairs
@@ -43,12 +43,18 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 
 class Distiller(nn.Module):
-    """The student, trained by the course Trainer on distillation_loss against a frozen teacher."""
+    """The student, trained by the course Trainer on distillation_loss against a frozen teacher.
 
-    def __init__(self, student: DeepSeekLM, teacher: DeepSeekLM, temperature: float = 2.0, alpha: float = 0.7):
+    With a `memo` dict, the teacher's logits are kept per input row: a frozen teacher gives a row the same
+    logits every epoch, so each distinct row costs one teacher forward (share the dict between students).
+    """
+
+    def __init__(self, student: DeepSeekLM, teacher: DeepSeekLM, temperature: float = 2.0, alpha: float = 0.7,
+                 memo: dict[bytes, torch.Tensor] | None = None):
         super().__init__()
         self.student, self.teacher, self.temperature, self.alpha = student, teacher.eval(), temperature, alpha
         self.teacher.requires_grad_(False)
+        self.memo = memo
 
     def train(self, mode: bool = True) -> "Distiller":
         """Only the student changes mode: the teacher always runs as at inference."""
@@ -56,19 +62,42 @@ class Distiller(nn.Module):
         self.student.train(mode)
         return self
 
+    @torch.no_grad()
+    def teacher_logits(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits for a batch; rows already in the memo are not run again."""
+        if self.memo is None:
+            return self.teacher(input_ids).logits
+        # The loss reads a row's logits up to the position before its last graded label. Under causal
+        # attention they depend on that prefix alone, so the prefix is the key: it stays the same when
+        # batches are cut to different widths. Positions past it are never read and stay 0.
+        graded = labels[:, 1:] != IGNORE
+        ends = [int(row.nonzero().max()) + 1 if row.any() else 0 for row in graded]
+        keys = [ids[:end].numpy().tobytes() for ids, end in zip(input_ids, ends)]
+        new = [i for i, key in enumerate(keys) if key not in self.memo]
+        if new:
+            logits = self.teacher(input_ids[new]).logits
+            self.memo.update({keys[i]: logits[j, :ends[i]].clone() for j, i in enumerate(new)})
+        out = torch.zeros(*input_ids.shape, self.teacher.config.vocab_size)
+        for row, (key, end) in enumerate(zip(keys, ends)):
+            out[row, :end] = self.memo[key]
+        return out
+
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> LMOutput:
-        with torch.no_grad():
-            teacher_logits = self.teacher(input_ids).logits
         logits = self.student(input_ids).logits
-        loss, kl, ce = distillation_loss(logits, teacher_logits, labels, self.temperature, self.alpha)
+        loss, kl, ce = distillation_loss(logits, self.teacher_logits(input_ids, labels), labels, self.temperature,
+                                         self.alpha)
         return LMOutput(logits, loss=loss, main_loss=ce)
 
 
 def distil_logits(student: DeepSeekLM, teacher: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, pairs: pd.DataFrame,
                   steps: int, temperature: float = 2.0, alpha: float = 0.7, lr: float = 3e-3, batch_size: int = 32,
-                  seed: int = 0) -> pd.DataFrame:
-    """Train student (in place) on pairs with the logit-KD loss; the same data and schedule as policy.supervised."""
-    return supervised(Distiller(student, teacher, temperature, alpha), tokenizer, pairs, steps, lr, batch_size, seed)
+                  seed: int = 0, memo: dict[bytes, torch.Tensor] | None = None) -> pd.DataFrame:
+    """Train student (in place) on pairs with the logit-KD loss; the same data and schedule as policy.supervised.
+
+    memo (see Distiller) suits a small vocabulary: it holds rows × length × vocabulary floats.
+    """
+    return supervised(Distiller(student, teacher, temperature, alpha, memo), tokenizer, pairs, steps, lr, batch_size,
+                      seed)
 
 
 def teacher_outputs(teacher: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, problems: list[Problem],
@@ -105,15 +134,18 @@ def compare_students(teacher: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, tr
     if data["R1 distillation: teacher's correct samples"].empty:
         raise ValueError(f"the teacher solved none of the {len(train)} training problems in {samples} samples each: "
                          "there is nothing to distil; train it longer (more SFT or GRPO steps)")
-    rows = []
+    rows, memo = [], {}  # one memo of teacher logits for every seed's logit-KD student
     for seed in tqdm(seeds, desc="students"):
         for method in [*data, f"logit KD (T={temperature:g}, α={alpha:g})"]:
-            student = task_model(tokenizer, recipe.size, seed=seed)
-            if method in data:
+            if method == "SFT on the solutions":  # the cold start of the same recipe: sft_then_grpo's nano runs load it
+                student = cold_start(recipe, tokenizer, train, seed)
+            elif method in data:
+                student = task_model(tokenizer, recipe.size, seed=seed)
                 supervised(student, tokenizer, data[method], recipe.sft_steps, lr=recipe.sft_lr, seed=seed)
             else:
+                student = task_model(tokenizer, recipe.size, seed=seed)
                 distil_logits(student, teacher, tokenizer, as_pairs(train), recipe.sft_steps, temperature, alpha,
-                              lr=recipe.sft_lr, seed=seed)
+                              lr=recipe.sft_lr, seed=seed, memo=memo)
             rows.append({**held_out(recipe, student, tokenizer, test, method, seed), "method": method,
                          "examples": len(data[method]) if method in data else len(train)})
     return pd.DataFrame(rows).drop(columns="stage")

@@ -148,3 +148,19 @@ def pretrained_nano(steps: int, seed: int = 0) -> tuple[DeepSeekLM, pd.DataFrame
     train = TrainConfig(steps=steps, lr=3e-3, warmup_steps=min(20, steps // 10), eval_every=max(1, steps // 10),
                         eval_batches=10, seed=seed)
     return pretrained(config, train)
+
+
+def trained_model(name: str, recipe: dict, build: Callable[[], DeepSeekLM]) -> DeepSeekLM:
+    """The model build() trains, built once per machine and then loaded; `recipe` must name all that determines it."""
+    folder = cache_dir() / "zoo" / f"{name}-{_key({'name': name, **recipe})}"
+
+    def save(into: Path) -> None:
+        model = build()
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, into / "model.safetensors")
+        (into / "config.json").write_text(json.dumps(asdict(model.config)))
+        (into / "recipe.json").write_text(json.dumps(recipe, indent=2, default=str))
+
+    build_once(folder, save)
+    model = DeepSeekLM(DeepSeekConfig(**json.loads((folder / "config.json").read_text())))
+    model.load_state_dict(load_file(folder / "model.safetensors"))
+    return model.eval()

@@ -77,3 +77,24 @@ def test_trl_grpo_runs_offline_and_returns_our_model(tokenizer):
     assert type(trained) is type(policy)
     assert {k: v.shape for k, v in trained.state_dict().items()} == {k: v.shape for k, v in policy.state_dict().items()}
     assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), policy.state_dict().values()))
+
+
+def test_memoised_teacher_logits_equal_a_fresh_forward_where_the_loss_reads_them(tokenizer):
+    train, _ = make_problems("addition", (1,), 40, 1, seed=0)
+    teacher = task_model(tokenizer, "small", seed=1).eval()
+    encoded = tokenizer([p.prompt + p.solution for p in train[:6]], padding=True, return_tensors="pt")
+    ids, labels = encoded["input_ids"], encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
+    memo = {}
+    distiller = Distiller(task_model(tokenizer, "nano", seed=2), teacher, memo=memo)
+    distiller.teacher_logits(ids[:4], labels[:4])
+    rows = [5, 0, 0, 3, 4]  # two rows seen before, one twice, two new
+    width = int((labels[rows] != -100).any(0).nonzero().max()) + 1  # a batch cut after its last graded label
+    batch, batch_labels = ids[rows, :width], labels[rows, :width]
+    read = (batch_labels[:, 1:] != -100)  # the logits positions the loss reads
+    with torch.no_grad():
+        memoised, fresh = distiller.teacher_logits(batch, batch_labels), teacher(batch).logits
+    assert torch.allclose(memoised[:, :-1][read], fresh[:, :-1][read], atol=1e-5)
+    assert len(memo) == 6
+    histories = [distil_logits(task_model(tokenizer, "nano", seed=2), teacher, tokenizer, as_pairs(train), steps=8,
+                               lr=1e-2, memo=shared) for shared in (None, {})]
+    assert torch.allclose(torch.tensor(histories[0].loss.values), torch.tensor(histories[1].loss.values), atol=1e-4)

@@ -1,5 +1,6 @@
 """dstutor.rl: tasks, rule rewards on hostile outputs, GRPO's pieces against their definitions, and learning."""
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 from dstutor.rl import (GRPOConfig, Problem, clipped_surrogate, evaluate_expression, extract_answer, format_reward,
                         group_advantages, grpo_loss, k3_kl, make_problems, pass_at_k, rejection_sample, rollout, score,
                         supervised, task_model, task_tokenizer, token_logprobs, total_reward, train_grpo, as_pairs)
+from dstutor.rl.pipeline import Recipe, cold_start, sft_then_grpo
 from dstutor.rl.rewards import accuracy_reward
 
 ADD = Problem("addition", 2, "47+85=", "132", "<think>7+5=12,4+8+1=13</think><answer>132</answer>")
@@ -184,3 +186,49 @@ def test_rejection_sampling_keeps_only_correct_distinct_replies(tokenizer):
     problems = {p.prompt: p for p in train}
     assert len(kept) > 0 and not kept.duplicated().any()
     assert all(accuracy_reward(a, problems[p]) == 1.0 for p, a in zip(kept.prompt, kept.answer))
+
+
+def test_one_update_per_batch_needs_no_pass_of_the_sampling_policy(tokenizer):
+    model = task_model(tokenizer, "nano", seed=0)
+    samples = rollout(model, tokenizer, [ADD, COUNT], 3, 8, 1.0, torch.Generator().manual_seed(0))
+    advantages = torch.tensor([1.0, -0.5, -0.5, 0.2, 0.3, -0.5])
+    with torch.no_grad():
+        sampled_by = token_logprobs(model.eval(), samples.sequences)
+    grads = []
+    for old in (sampled_by, None):  # a separate pass of the sampling policy, or the update's own forward detached
+        model.zero_grad()
+        logp = token_logprobs(model.train(), samples.sequences)
+        loss, _ = grpo_loss(logp, logp.detach() if old is None else old, None, advantages, samples.mask, 0.2, 0.0)
+        loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(*grads))
+
+
+def test_cold_start_is_built_once_and_loaded_unchanged(tokenizer):
+    train, _ = make_problems("addition", (1,), 40, 1, seed=0)
+    recipe = Recipe(size="nano", sft_steps=12, sft_lr=1e-2)
+    reference = task_model(tokenizer, "nano", seed=3)
+    supervised(reference, tokenizer, as_pairs(train), 12, lr=1e-2, seed=3)
+    built, loaded = cold_start(recipe, tokenizer, train, seed=3), cold_start(recipe, tokenizer, train, seed=3)
+    for model in (built, loaded):
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+    other = cold_start(recipe, tokenizer, train[:39], seed=3)  # other data: another artefact
+    assert any(not torch.equal(a, b) for a, b in zip(other.state_dict().values(), reference.state_dict().values()))
+
+
+def test_a_snapshot_of_a_longer_run_is_the_shorter_run(tokenizer):
+    train, test = make_problems("addition", (1,), 40, 4, seed=0)
+    config = GRPOConfig(steps=4, prompts_per_step=4, group_size=4, max_new_tokens=12, warmup_steps=1, lr=1e-3,
+                        progress=False)
+    recipe = Recipe(size="nano", sft_steps=20, sft_lr=1e-2, grpo=config, eval_samples=2, eval_tokens=12)
+    runs = sft_then_grpo(recipe, tokenizer, train, test, [0], snapshot_step=2, stages=["after GRPO"])
+    assert list(runs.scores.stage) == ["after GRPO"] and len(runs.histories) == 4
+    short = copy.deepcopy(runs.starts[0])
+    history = train_grpo(short, tokenizer, train, total_reward, dataclasses.replace(config, steps=2))
+    assert all(torch.equal(a, b) for a, b in zip(short.state_dict().values(), runs.snapshots[0].state_dict().values()))
+    logged = ["reward", "accuracy", "length", "degenerate", "loss", "kl"]
+    assert history[logged].equals(runs.histories[logged].head(2))
+    with pytest.raises(ValueError, match="snapshot_step=5"):
+        sft_then_grpo(recipe, tokenizer, train, test, [0], snapshot_step=5)
+    with pytest.raises(ValueError, match="unknown stages"):
+        sft_then_grpo(recipe, tokenizer, train, test, [0], stages=["after RL"])

@@ -147,13 +147,17 @@ def _update(policy: DeepSeekLM, reference: DeepSeekLM | None, optimizer: torch.o
             advantages: torch.Tensor, config: GRPOConfig) -> dict[str, float]:
     """μ optimiser steps on one batch of rollouts; the ratio's denominator is the policy that sampled them."""
     with torch.no_grad():
-        old_logp = token_logprobs(policy.eval(), samples.sequences, config.temperature)
+        # With μ = 1 the policy that sampled is the one being updated: its log-probs are the update's own
+        # forward, detached (as TRL does), so they need no pass of their own.
+        old_logp = (token_logprobs(policy.eval(), samples.sequences, config.temperature)
+                    if config.inner_steps > 1 else None)
         ref_logp = (token_logprobs(reference, samples.sequences, config.temperature)
                     if reference is not None and config.beta > 0 else None)
     policy.train()
     for _ in range(config.inner_steps):
         logp = token_logprobs(policy, samples.sequences, config.temperature)
-        loss, stats = grpo_loss(logp, old_logp, ref_logp, advantages, samples.mask, config.clip_eps, config.beta)
+        loss, stats = grpo_loss(logp, logp.detach() if old_logp is None else old_logp, ref_logp, advantages,
+                                samples.mask, config.clip_eps, config.beta)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip)

@@ -7,18 +7,23 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 from collections.abc import Callable, Sequence
 
 import pandas as pd
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
+from dstutor import zoo
 from dstutor.models import DeepSeekLM
 from dstutor.rl.grpo import GRPOConfig, train_grpo
-from dstutor.rl.policy import supervised, task_model
+from dstutor.rl.policy import MAX_LEN, SIZES, supervised, task_model
 from dstutor.rl.rewards import total_reward
 from dstutor.rl.rollouts import evaluate_policy
 from dstutor.rl.tasks import Problem, as_pairs
+
+SFT_BATCH = 32  # cold-start SFT batch (problems per step)
+STAGES = ("initialised", "after SFT", "after GRPO")  # where sft_then_grpo can evaluate
 
 
 @dataclasses.dataclass
@@ -31,13 +36,26 @@ class Recipe:
     grpo: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
     eval_samples: int = 8         # samples per held-out problem for pass@k
     eval_tokens: int = 40         # longest completion when evaluating
+    init_problems: int | None = None  # held-out problems (the first ones) for the initialised model; None: all.
+    # It never answers, so a few dozen show that, and it never stops early: each costs eval_tokens decode steps.
 
 
 def cold_start(recipe: Recipe, tokenizer: PreTrainedTokenizerFast, train: list[Problem], seed: int) -> DeepSeekLM:
-    """A freshly initialised policy after the cold-start SFT (initialisation and batch order follow seed)."""
-    policy = task_model(tokenizer, recipe.size, seed=seed)
-    supervised(policy, tokenizer, as_pairs(train), recipe.sft_steps, lr=recipe.sft_lr, seed=seed)
-    return policy
+    """A freshly initialised policy after the cold-start SFT (initialisation and batch order follow seed).
+
+    Cached by the zoo: chapter 09's runs, its SFT student and bench/grpo.py load one build per recipe and seed.
+    """
+    policy = task_model(tokenizer, recipe.size, seed=seed)  # refuses an unknown size before the key reads it
+    pairs = as_pairs(train)
+    data = hashlib.sha256(pairs[["prompt", "answer"]].to_json(orient="values").encode()).hexdigest()
+    key = {"size": SIZES[recipe.size], "max_len": MAX_LEN, "vocab": sorted(tokenizer.get_vocab().items()),
+           "sft_steps": recipe.sft_steps, "sft_lr": recipe.sft_lr, "batch_size": SFT_BATCH, "seed": seed, "data": data}
+
+    def build() -> DeepSeekLM:
+        supervised(policy, tokenizer, pairs, recipe.sft_steps, lr=recipe.sft_lr, batch_size=SFT_BATCH, seed=seed)
+        return policy
+
+    return zoo.trained_model("rl-cold-start", key, build)
 
 
 def held_out(recipe: Recipe, model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, test: list[Problem],
@@ -48,20 +66,49 @@ def held_out(recipe: Recipe, model: DeepSeekLM, tokenizer: PreTrainedTokenizerFa
                                                              seed=seed)}
 
 
+@dataclasses.dataclass
+class Runs:
+    """What sft_then_grpo measured and trained, per seed."""
+
+    scores: pd.DataFrame                 # held-out metrics, one row per stage and seed
+    histories: pd.DataFrame              # GRPO's per-step log, all seeds
+    starts: dict[int, DeepSeekLM]        # the SFT models GRPO started from
+    policies: dict[int, DeepSeekLM]      # the policies after GRPO
+    snapshots: dict[int, DeepSeekLM]     # the policies after `snapshot_step` GRPO steps (none without one)
+
+
 def sft_then_grpo(recipe: Recipe, tokenizer: PreTrainedTokenizerFast, train: list[Problem], test: list[Problem],
-                  seeds: Sequence[int], reward: Callable = total_reward
-                  ) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, DeepSeekLM], dict[int, DeepSeekLM]]:
-    """Per seed: evaluate at init, after SFT and after GRPO. Returns scores, GRPO histories, SFT starts, RL'd policies."""
+                  seeds: Sequence[int], reward: Callable = total_reward, snapshot_step: int | None = None,
+                  stages: Sequence[str] = STAGES) -> Runs:
+    """Per seed: cold-start SFT, then GRPO, evaluated held out at `stages`; keeps the policy after snapshot_step steps.
+
+    Up to snapshot_step, the run is the one a snapshot_step-step run would be (same seed, problem order
+    and sampling; the learning rate is constant after warmup), so a shorter comparison can reuse it.
+    """
     if not seeds:
         raise ValueError("sft_then_grpo needs at least one seed")
-    scores, histories, starts, policies = [], [], {}, {}
+    if set(stages) - set(STAGES):
+        raise ValueError(f"unknown stages {sorted(set(stages) - set(STAGES))}; choose from {STAGES}")
+    if snapshot_step is not None and not 1 <= snapshot_step <= recipe.grpo.steps:
+        raise ValueError(f"snapshot_step={snapshot_step}: need 1 ≤ snapshot_step ≤ the GRPO steps, "
+                         f"{recipe.grpo.steps}")
+    scores, histories, starts, policies, snapshots = [], [], {}, {}, {}
     for seed in tqdm(seeds, desc="seeds"):
-        policy = task_model(tokenizer, recipe.size, seed=seed)
-        scores.append(held_out(recipe, policy, tokenizer, test, "initialised", seed))
+        if "initialised" in stages:
+            scores.append(held_out(recipe, task_model(tokenizer, recipe.size, seed=seed), tokenizer,
+                                   test[:recipe.init_problems], "initialised", seed))
         starts[seed] = cold_start(recipe, tokenizer, train, seed)
-        scores.append(held_out(recipe, starts[seed], tokenizer, test, "after SFT", seed))
+        if "after SFT" in stages:
+            scores.append(held_out(recipe, starts[seed], tokenizer, test, "after SFT", seed))
         policies[seed] = copy.deepcopy(starts[seed])
-        history = train_grpo(policies[seed], tokenizer, train, reward, dataclasses.replace(recipe.grpo, seed=seed))
+
+        def snapshot(step: int, model: DeepSeekLM, seed: int = seed) -> None:
+            if step == snapshot_step:
+                snapshots[seed] = copy.deepcopy(model).eval()
+
+        history = train_grpo(policies[seed], tokenizer, train, reward, dataclasses.replace(recipe.grpo, seed=seed),
+                             callback=snapshot)
         histories.append(history.assign(seed=seed))
-        scores.append(held_out(recipe, policies[seed], tokenizer, test, "after GRPO", seed))
-    return pd.DataFrame(scores), pd.concat(histories, ignore_index=True), starts, policies
+        if "after GRPO" in stages:
+            scores.append(held_out(recipe, policies[seed], tokenizer, test, "after GRPO", seed))
+    return Runs(pd.DataFrame(scores), pd.concat(histories, ignore_index=True), starts, policies, snapshots)
