@@ -1,4 +1,6 @@
 """Claims tables (sources, citations, verdicts) and multi-seed comparisons computed from spreads."""
+from dataclasses import replace
+
 import pandas as pd
 import pytest
 
@@ -82,6 +84,17 @@ def test_run_seeds_reuses_given_runs_instead_of_training_them(blocks):  # noqa: 
     pd.testing.assert_frame_equal(final_values(runs), final_values(trained))  # same order, same results
     with pytest.raises(ValueError, match="'other'.*not among the variants"):
         run_seeds(variants, train, [0], *blocks, batch_size=4, done=done.assign(variant="other"))
+
+
+def test_run_seeds_rejects_a_reused_run_of_another_length(blocks):  # noqa: F811
+    train = TrainConfig(steps=3, lr=1e-2, warmup_steps=0, progress=False, eval_every=3, eval_batches=1)
+    config = tiny_model().config
+    trained = run_seeds({"moe": config}, train, [0], *blocks, batch_size=4)
+    with pytest.raises(ValueError, match=r"'moe' at seed 0 has 2 steps.*train.steps is 3"):
+        run_seeds({"moe": config}, train, [0], *blocks, batch_size=4, done=trained.iloc[:-1])
+    longer = replace(train, steps=4)
+    with pytest.raises(ValueError, match=r"'moe' at seed 0 has 3 steps.*train.steps is 4"):
+        run_seeds({"moe": config}, longer, [0, 1], *blocks, batch_size=4, done=trained)
 
 
 def test_grid_search_runs_each_cell_once_per_seed(blocks):  # noqa: F811

@@ -23,7 +23,8 @@ def run_seeds(variants: Mapping[str, DeepSeekConfig], train: TrainConfig, seeds:
     """`run_variants` once per seed (initialisation and batch order both follow it), with a `seed` column.
 
     `done`: histories the caller already trained with exactly these settings (columns variant and seed);
-    those runs are reused, not trained again, since the same seed gives the same run.
+    those runs are reused, not trained again, since the same seed gives the same run. Their length is
+    checked against train.steps; the other settings are the caller's word.
     """
     if not seeds:
         raise ValueError("run_seeds needs at least one seed")
@@ -31,6 +32,11 @@ def run_seeds(variants: Mapping[str, DeepSeekConfig], train: TrainConfig, seeds:
     unknown = set(done.variant) - set(variants)
     if unknown:
         raise ValueError(f"done has histories of {sorted(unknown)}, which are not among the variants {list(variants)}")
+    for (name, s), run in done[done.seed.isin(seeds)].groupby(["variant", "seed"], sort=False):
+        if len(run) != train.steps or run.step.iloc[-1] != train.steps:  # e.g. stopped early, or another length
+            raise ValueError(f"done's run of {name!r} at seed {s} has {len(run)} steps (last logged step "
+                             f"{run.step.iloc[-1]}), but train.steps is {train.steps}: reuse only runs of "
+                             "these settings")
     frames = []
     for s in seeds:
         reused = done[done.seed == s]
