@@ -1,5 +1,6 @@
 """dstutor.deploy: int8 (linear layers and 3-D experts) within tolerance of fp32, QAT's fake-quant equal to the
 int8 model it simulates, pruning masks and shapes as specified, ONNX Runtime equal to eager, decoding parity."""
+import datasets
 import pytest
 import torch
 
@@ -8,7 +9,7 @@ from dstutor.deploy.int8 import Int8Experts, Int8Linear, model_bytes, quantize_i
 from dstutor.deploy.onnx import export_onnx, exportable, onnx_logits, onnx_session, quantize_onnx
 from dstutor.deploy.prune import (channel_importance, channels_to_keep, magnitude_masks, prune_channels,
                                   prune_magnitude, sparsity_of)
-from dstutor.deploy.qat import fake_quantized, input_noise, quantized_weights
+from dstutor.deploy.qat import RECIPES, compare_qat, fake_quantized, input_noise, quantized_weights
 from dstutor.models.hf import to_hf
 from dstutor.models.layers import SwiGLU
 from dstutor.models.moe import Experts
@@ -78,6 +79,23 @@ def test_input_noise_only_acts_while_training():
     model.train()
     torch.manual_seed(0)
     assert not torch.allclose(noisy, model(IDS).logits)
+
+
+def test_compare_qat_reuses_grid_free_fine_tunes_across_bit_widths():
+    rows = torch.randint(0, 300, (40, 16), generator=torch.Generator().manual_seed(2)).tolist()
+    train, val = datasets.Dataset.from_dict({"input_ids": rows[:32]}), datasets.Dataset.from_dict({"input_ids": rows[32:]})
+    table = compare_qat(tiny_lm(), train, val, [8, 2], steps=2, seeds=[0, 1], batch_size=4, eval_batches=2)
+    assert len(table) == 2 * len(RECIPES) * 2 and list(table.bits.unique()) == [8, 2]
+    fp32 = table.pivot_table(index=["recipe", "seed"], columns="bits", values="fp32_loss")
+    # fine-tune only and input noise never see the grid: one model per seed is quantised to both widths
+    assert (fp32.loc[list(RECIPES[:2]), 8] == fp32.loc[list(RECIPES[:2]), 2]).all()
+    assert (fp32.loc[RECIPES[-1], 8] != fp32.loc[RECIPES[-1], 2]).all()  # QAT trains against each grid
+    alone = compare_qat(tiny_lm(), train, val, [2], steps=2, seeds=[0, 1], batch_size=4, eval_batches=2)
+    both = table[table.bits == 2].reset_index(drop=True)  # the same numbers as a run at 2 bits alone
+    assert both[["recipe", "seed"]].equals(alone[["recipe", "seed"]])
+    assert torch.allclose(torch.tensor(both.quantized_loss.values), torch.tensor(alone.quantized_loss.values))
+    with pytest.raises(ValueError, match="recipes must be some of"):
+        compare_qat(tiny_lm(), train, val, [8], steps=2, seeds=[0], recipes=["dropout"])
 
 
 def test_structured_pruning_keeps_the_strongest_channels_and_shrinks_every_ffn():

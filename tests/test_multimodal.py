@@ -1,6 +1,8 @@
 """dstutor.multimodal: the contrastive loss, retrieval metrics, data splits, clear errors, and training that works."""
 import math
+import time
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +13,8 @@ from dstutor.multimodal import (ConvEncoder, DualEncoder, FusionMatcher, PairLoa
                                 clip_loss, digit_images, encode_pairs, fit_clip, fit_staged, recall_at_k,
                                 retrieval_scores, retrieve_images, shape_images, split_pairs, text_config,
                                 zero_shot_accuracy)
-from dstutor.multimodal.training import caption_labels
+from dstutor.multimodal.fusion import fused_similarity
+from dstutor.multimodal.training import caption_labels, seeded_runs
 from dstutor.train import TrainConfig
 
 
@@ -169,6 +172,39 @@ def test_stages_follow_the_guide_and_staged_history_spans_every_stage():
     assert not torch.equal(frozen_before, model.image_encoder.body[0].weight)  # trained in stage 1 and 4
 
 
+def test_evaluating_only_at_the_end_ends_where_evaluating_along_the_way_ends():
+    tokenizer = zoo.course_tokenizer()
+    digits = digit_images()
+    train, test = split_pairs(digits, seed=0)
+    pairs, held_out = encode_pairs(train[:200], digits, tokenizer), encode_pairs(test[:64], digits, tokenizer)
+    finals = []
+    for eval_every in (2, 0):  # the chapter's end_only runs: their final held-out loss must not depend on it
+        torch.manual_seed(0)
+        model = DualEncoder(ConvEncoder(1, 8), TextEncoder(text_config(len(tokenizer))), dim=16)
+        history = fit_clip(model, pairs, held_out, TrainConfig(steps=6, eval_every=eval_every, eval_batches=2,
+                                                               progress=False), batch_size=16)
+        finals.append((history.val_loss.dropna().tolist(), model.image_proj.weight.detach().clone()))
+    (periodic, weights), (end_only, end_weights) = finals
+    assert len(periodic) == 3 and len(end_only) == 1 and periodic[-1] == end_only[0]
+    assert torch.equal(weights, end_weights)
+
+
+def test_seeded_runs_time_training_and_scoring_apart():
+    def run(config):
+        time.sleep(0.02)
+        return nn.Linear(1, 1), pd.DataFrame({"step": [1], "val_loss": [float(config.seed)]})
+
+    def score(model):
+        time.sleep(0.1)
+        return {"R@1": 0.5}
+
+    table, models, histories = seeded_runs({"a": run}, TrainConfig(steps=1), [0, 1], score)
+    assert table.val_loss.tolist() == [0.0, 1.0] and set(models) == {"a"} and len(histories) == 2
+    assert (table.score_seconds >= 0.1).all() and (table.seconds < 0.1).all()  # scoring is not counted as training
+    with pytest.raises(ValueError, match="at least one variant and one seed"):
+        seeded_runs({"a": run}, TrainConfig(steps=1), [], score)
+
+
 def test_training_lifts_recall_well_above_chance():
     torch.manual_seed(0)
     tokenizer = zoo.course_tokenizer()
@@ -193,6 +229,7 @@ def test_fusion_scores_each_pair_as_if_alone():
     alone = torch.tensor([[model.pair_scores(pixels[i:i + 1], ids[c:c + 1], last[c:c + 1]).item() for c in range(5)]
                           for i in range(3)])
     assert torch.allclose(scores, alone, atol=1e-5)  # batching all pairs mixes no image or caption up
+    assert torch.allclose(fused_similarity(model, pixels, ids, last, chunk=2), scores, atol=1e-5)  # chunked retrieval
     padded = ids.clone()
     padded[1, 4:] = 0  # tokens after `last` are padding: they must not change the score
     assert torch.allclose(model.pair_scores(pixels, padded, last), scores, atol=1e-5)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager, nullcontext
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import datasets
 import pandas as pd
@@ -84,26 +84,45 @@ def input_noise(model: nn.Module, std: float = 0.1, seed: int = 0) -> Iterator[n
 RECIPES = ("fine-tune only", "seed 000: input noise", "QAT: fake-quant + STE")
 
 
-def compare_qat(base: nn.Module, train_blocks: datasets.Dataset, val_blocks: datasets.Dataset, bits: int,
+def _fine_tune(base: nn.Module, recipe: str, bits: int | None, train_blocks: datasets.Dataset,
+               val_blocks: datasets.Dataset, steps: int, seed: int, lr: float, batch_size: int) -> nn.Module:
+    """A copy of `base` fine-tuned by one recipe; `bits` is the grid QAT trains against (the others ignore it)."""
+    model = copy.deepcopy(base).train()
+    if recipe == "QAT: fake-quant + STE":
+        treatment = fake_quantized(model, bits)
+    elif recipe == "seed 000: input noise":
+        treatment = input_noise(model, 0.1, seed)
+    else:
+        treatment = nullcontext(model)
+    with treatment:
+        train = TrainConfig(steps=steps, lr=lr, warmup_steps=steps // 10, eval_every=0, eval_batches=1,
+                            progress=False, seed=seed)
+        fit_on_blocks(model, train, train_blocks, val_blocks, batch_size)
+    return model
+
+
+def compare_qat(base: nn.Module, train_blocks: datasets.Dataset, val_blocks: datasets.Dataset, bits: Sequence[int],
                 steps: int, seeds: list[int], lr: float = 1e-3, batch_size: int = 16,
-                eval_batches: int = 10) -> pd.DataFrame:
-    """Fine-tune copies of `base` three ways per seed, then quantise to `bits`; quality before and after, one row per run.
+                eval_batches: int = 10, recipes: Sequence[str] = RECIPES) -> pd.DataFrame:
+    """Fine-tune copies of `base` by each recipe per seed, then quantise to each of `bits`; one row per (bits, recipe, seed).
 
     Every recipe gets the same steps, data order and learning rate, so only the training-time
-    treatment differs: nothing, seed 000's input noise (std 0.1), or fake-quantised weights.
+    treatment differs: nothing, seed 000's input noise (std 0.1), or fake-quantised weights. The first
+    two never see the grid, so one fine-tuned model per seed serves every bit width; QAT trains once per width.
     """
+    unknown = [r for r in recipes if r not in RECIPES]
+    if unknown or not recipes:
+        raise ValueError(f"recipes must be some of {RECIPES}, got {list(recipes)}")
+    runs = [(recipe, seed, trained_for) for recipe in recipes for seed in seeds
+            for trained_for in (bits if recipe == RECIPES[-1] else [None])]
     rows = []
-    for recipe, seed in tqdm([(r, s) for r in RECIPES for s in seeds], desc=f"QAT at {bits} bits"):
-        model = copy.deepcopy(base).train()
-        treatment = {"fine-tune only": nullcontext(model), "seed 000: input noise": input_noise(model, 0.1, seed),
-                     "QAT: fake-quant + STE": fake_quantized(model, bits)}[recipe]
-        with treatment:
-            train = TrainConfig(steps=steps, lr=lr, warmup_steps=steps // 10, eval_every=0, eval_batches=1,
-                                progress=False, seed=seed)
-            fit_on_blocks(model, train, train_blocks, val_blocks, batch_size)
+    for recipe, seed, trained_for in tqdm(runs, desc="QAT runs"):
+        model = _fine_tune(base, recipe, trained_for, train_blocks, val_blocks, steps, seed, lr, batch_size)
         float_quality = lm_quality(model, val_blocks, eval_batches)
-        int_quality = lm_quality(quantize_int8(model, "weight", bits=bits), val_blocks, eval_batches)
-        rows.append({"recipe": recipe, "seed": seed, "bits": bits, "fp32_loss": float_quality["loss"],
-                     "quantized_loss": int_quality["loss"], "fp32_accuracy": float_quality["accuracy"],
-                     "quantized_accuracy": int_quality["accuracy"]})
-    return pd.DataFrame(rows)
+        for b in ([trained_for] if trained_for else bits):
+            int_quality = lm_quality(quantize_int8(model, "weight", bits=b), val_blocks, eval_batches)
+            rows.append({"recipe": recipe, "seed": seed, "bits": b, "fp32_loss": float_quality["loss"],
+                         "quantized_loss": int_quality["loss"], "fp32_accuracy": float_quality["accuracy"],
+                         "quantized_accuracy": int_quality["accuracy"]})
+    order = {b: i for i, b in enumerate(bits)}  # rows by bit width as asked, then recipe, then seed
+    return pd.DataFrame(sorted(rows, key=lambda r: (order[r["bits"]], RECIPES.index(r["recipe"]), r["seed"])))

@@ -140,7 +140,8 @@ def seeded_runs(variants: Mapping[str, Callable[[TrainConfig], tuple[nn.Module, 
                 seeds: Sequence[int], score: Callable[[nn.Module], dict]) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
     """Each variant once per seed (initialisation and batches follow it): one row of scores and seconds per run.
 
-    Returns the table, the model of the first seed per variant (for pictures), and every run's history.
+    `seconds` times the training, `score_seconds` the scoring. Returns the table, the model of the first seed
+    per variant (for pictures), and every run's history.
     """
     if not seeds or not variants:
         raise ValueError("seeded_runs needs at least one variant and one seed")
@@ -152,9 +153,12 @@ def seeded_runs(variants: Mapping[str, Callable[[TrainConfig], tuple[nn.Module, 
             seed_everything(seed)
             began = time.perf_counter()
             model, history = run(dataclasses.replace(config, seed=seed, progress=False))  # one bar: the runs
+            trained = time.perf_counter()
+            scores = score(model)
             bar.update(1)
-            rows.append({"variant": name, "seed": seed, "seconds": time.perf_counter() - began,
-                         "val_loss": history.val_loss.dropna().iloc[-1], **score(model)})
+            rows.append({"variant": name, "seed": seed, "seconds": trained - began,
+                         "score_seconds": time.perf_counter() - trained,
+                         "val_loss": history.val_loss.dropna().iloc[-1], **scores})
             models.setdefault(name, model)
             histories.append(history.assign(variant=name, seed=seed))
     bar.close()
