@@ -8,7 +8,6 @@ Usage: python bench/model_speed.py [--steps N] [--batch B] [--seq T]
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import pandas as pd
@@ -19,30 +18,7 @@ from dstutor.bench import save_results
 from dstutor.env import choose_device, seed_everything
 from dstutor.models import DeepSeekConfig, DeepSeekLM, dense_baseline_config
 from dstutor.models.hf import to_hf
-
-
-def interleaved_step_times(models: dict[str, torch.nn.Module], batches: list[torch.Tensor],
-                           warmup: int) -> dict[str, list[float]]:
-    """Seconds per optimiser step (forward + backward + AdamW) of each model, measured round-robin.
-
-    One step of every model per round, so slow drifts of a shared machine hit all variants alike.
-    """
-    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-4) for name, m in models.items()}
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for i, ids in enumerate(batches):
-        for name, model in models.items():
-            model.train()
-            if ids.is_cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            model(ids, labels=ids).loss.backward()
-            optimizers[name].step()
-            optimizers[name].zero_grad(set_to_none=True)
-            if ids.is_cuda:
-                torch.cuda.synchronize()
-            if i >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return times
+from dstutor.train.timing import interleaved_step_times
 
 
 def main() -> None:

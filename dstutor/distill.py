@@ -13,7 +13,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
 from dstutor.models import DeepSeekLM, LMOutput
@@ -21,6 +20,7 @@ from dstutor.rl.pipeline import Recipe, cold_start, held_out
 from dstutor.rl.policy import supervised, task_model
 from dstutor.rl.rollouts import rejection_sample, rollout
 from dstutor.rl.tasks import Problem, as_pairs
+from dstutor.train.runner import run_jobs
 
 IGNORE = -100
 
@@ -134,18 +134,22 @@ def compare_students(teacher: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, tr
     if data["R1 distillation: teacher's correct samples"].empty:
         raise ValueError(f"the teacher solved none of the {len(train)} training problems in {samples} samples each: "
                          "there is nothing to distil; train it longer (more SFT or GRPO steps)")
-    rows, memo = [], {}  # one memo of teacher logits for every seed's logit-KD student
-    for seed in tqdm(seeds, desc="students"):
-        for method in [*data, f"logit KD (T={temperature:g}, α={alpha:g})"]:
-            if method == "SFT on the solutions":  # the cold start of the same recipe: sft_then_grpo's nano runs load it
-                student = cold_start(recipe, tokenizer, train, seed)
-            elif method in data:
-                student = task_model(tokenizer, recipe.size, seed=seed)
-                supervised(student, tokenizer, data[method], recipe.sft_steps, lr=recipe.sft_lr, seed=seed)
-            else:
-                student = task_model(tokenizer, recipe.size, seed=seed)
-                distil_logits(student, teacher, tokenizer, as_pairs(train), recipe.sft_steps, temperature, alpha,
-                              lr=recipe.sft_lr, seed=seed, memo=memo)
-            rows.append({**held_out(recipe, student, tokenizer, test, method, seed), "method": method,
-                         "examples": len(data[method]) if method in data else len(train)})
+    memo = {}  # the frozen teacher's logits, computed once per training example (per worker process)
+
+    def student(key: tuple[int, str]) -> dict:
+        seed, method = key
+        if method == "SFT on the solutions":  # the cold start of the same recipe: sft_then_grpo's nano runs load it
+            model = cold_start(recipe, tokenizer, train, seed)
+        elif method in data:
+            model = task_model(tokenizer, recipe.size, seed=seed)
+            supervised(model, tokenizer, data[method], recipe.sft_steps, lr=recipe.sft_lr, seed=seed)
+        else:
+            model = task_model(tokenizer, recipe.size, seed=seed)
+            distil_logits(model, teacher, tokenizer, as_pairs(train), recipe.sft_steps, temperature, alpha,
+                          lr=recipe.sft_lr, seed=seed, memo=memo)
+        return {**held_out(recipe, model, tokenizer, test, method, seed), "method": method,
+                "examples": len(data[method]) if method in data else len(train)}
+
+    methods = [*data, f"logit KD (T={temperature:g}, α={alpha:g})"]
+    rows = run_jobs(student, [(seed, method) for seed in seeds for method in methods], desc="students")
     return pd.DataFrame(rows).drop(columns="stage")

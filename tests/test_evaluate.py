@@ -11,10 +11,12 @@ from dstutor.data.tokenizer import train_tokenizer
 from dstutor.evaluate.adversarial import adversarial_auc, detection_rate
 from dstutor.evaluate.harness import export_checkpoint, run_lm_eval, write_task
 from dstutor.evaluate.matrix import SEED_WEIGHTS, dimension_scores, top_model_stability, weighted_score
-from dstutor.evaluate.metrics import bootstrap_ci, mean_with_ci, score, score_with_ci
+from dstutor.evaluate.lineup import fine_tuned_lineup
+from dstutor.evaluate.metrics import METRICS, bootstrap_ci, mean_with_ci, score, score_with_ci
 from dstutor.evaluate.noise import KINDS, add_noise, noisy
-from dstutor.evaluate.probes import counterfactual_gap, robustness_score
-from dstutor.evaluate.scoring import attention_entropy, choice_predictions, continuation_logliks, interleaved_speed
+from dstutor.evaluate.probes import counterfactual_gap, robustness_curve, robustness_score
+from dstutor.evaluate.scoring import (attention_entropy, choice_predictions, continuation_logliks, interleaved_speed,
+                                      text_losses)
 from dstutor.evaluate.suite import Suite, chance_levels, chat_context, evaluate
 from dstutor.widgets.weights import WeightsPanel
 from tiny import tiny_lm
@@ -81,6 +83,21 @@ def test_bootstrap_interval_covers_the_truth_about_95_percent_of_the_time():
     low, high = bootstrap_ci(lambda idx: float(np.arange(10)[idx].mean()), 10, n_boot=200)
     assert low < 4.5 < high
 
+
+
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_bootstrap_from_item_statistics_equals_rescoring_every_resample(name):
+    rng = np.random.default_rng(1)
+    if name in ("accuracy", "macro_f1"):
+        predictions, references = rng.integers(0, 3, 40).tolist(), rng.integers(0, 3, 40).tolist()
+    else:
+        predictions = ["".join(rng.choice(list("画蛇添足多此一举守株待兔"), rng.integers(1, 9))) for _ in range(40)]
+        references = ["".join(rng.choice(list("画蛇添足多此一举比喻做事"), rng.integers(2, 9))) for _ in range(40)]
+    function = METRICS[name]
+    rescored = bootstrap_ci(lambda idx: function([predictions[i] for i in idx], [references[i] for i in idx]), 40,
+                            n_boot=60, seed=3)
+    assert score_with_ci(name, predictions, references, n_boot=60, seed=3) == (function(predictions, references),
+                                                                                *rescored)
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_noise_is_deterministic_by_seed_and_zero_level_is_identity(kind):
@@ -204,3 +221,25 @@ def test_matrix_weights_and_the_widget_rerank_models():
         weighted_score(scores, {"speed": 1.0})
     with pytest.raises(ValueError, match="lack columns \\['gap'\\]"):
         dimension_scores(measures.drop(columns="gap"))
+
+
+def test_robustness_curve_measures_the_clean_inputs_once_for_every_kind(tokenizer, docs):
+    model = tiny_lm().eval()
+    curve = robustness_curve(model, tokenizer, REVIEWS, docs, KINDS, [0.0, 0.3])
+    clean = curve[curve.level == 0]
+    assert list(clean.kind) == list(KINDS) and clean.perplexity.nunique() == 1 and clean.accuracy.nunique() == 1
+    assert clean.perplexity.iloc[0] == pytest.approx(float(np.exp(text_losses(model, tokenizer, REVIEWS).mean())))
+    noisy_rows = curve[curve.level == 0.3].set_index("kind")
+    typo = robustness_curve(model, tokenizer, REVIEWS, docs, ["typo"], [0.3]).set_index("kind")
+    assert noisy_rows.loc["typo", "perplexity"] == typo.loc["typo", "perplexity"]
+
+
+def test_lineup_trains_the_models_asked_for(tokenizer):
+    pairs = pd.DataFrame({"prompt": ["画蛇添足是什么意思？", "一心一意是什么意思？"] * 2, "answer": ["多此一举。", "专心。"] * 2})
+    base, start = tiny_lm(0), tiny_lm(1)
+    before = [p.clone() for p in base.parameters()]
+    assert list(fine_tuned_lineup(base, start, tokenizer, pairs, 1, names=("distilled",))) == ["distilled"]
+    assert list(fine_tuned_lineup(base, start, tokenizer, pairs, 1, names=("LoRA", "SFT"))) == ["SFT", "LoRA"]
+    assert all(torch.equal(p, q) for p, q in zip(base.parameters(), before))  # the inputs stay unchanged
+    with pytest.raises(ValueError, match=r"unknown lineup models \['RL'\]"):
+        fine_tuned_lineup(base, start, tokenizer, pairs, 1, names=("SFT", "RL"))

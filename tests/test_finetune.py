@@ -1,17 +1,21 @@
 """dstutor.finetune: LoRA equals its formula and survives merge/save/load, freezing, masks, clear errors."""
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from peft import PeftModel
 
+from dstutor.data.packing import block_loader
 from dstutor.data.tokenizer import train_tokenizer
+from dstutor.evaluate import repeated_ngram_fraction
 from dstutor.finetune.classify import (LastTokenClassifier, classification_scores, encode_classification,
                                        predict_proba)
 from dstutor.finetune.freezing import freeze, trainable_summary, training_step_cost
 from dstutor.finetune.lora import add_lora, adapted_weights, lora_config
 from dstutor.finetune.methods import Method, finetune
 from dstutor.finetune.multitask import TASKS, MultiTaskModel, paired_tasks
-from dstutor.finetune.sft import IGNORE, answer, answers, encode_sft, prompt_ids, sft_example
+from dstutor.finetune.padding import TrimmedLoader, trim_padding
+from dstutor.finetune.sft import IGNORE, answer, answers, encode_sft, prompt_ids, sampling_repetition, sft_example
 from dstutor.train import TrainConfig
 from tiny import tiny_lm
 
@@ -204,3 +208,55 @@ def test_batched_answers_equal_one_prompt_at_a_time(tokenizer):
     batched = answers(model, tokenizer, prompts, max_new_tokens=10)
     assert batched == [answer(model, tokenizer, p, max_new_tokens=10) for p in prompts]
     assert all(tokenizer.eos_token_id not in reply and len(reply) <= 10 for reply in batched)
+
+
+def test_trimmed_batches_keep_every_loss_and_prediction(tokenizer):
+    model = tiny_lm(vocab_size=tokenizer.vocab_size).eval()
+    pairs = pd.DataFrame({"prompt": ["画蛇添足是什么意思？", "好", "哪个成语的意思是：多此一举？"],
+                          "answer": ["多此一举。", "一心一意", "画蛇添足"]})
+    for masked in (True, False):
+        sft = encode_sft(pairs, tokenizer, 48, mask_prompt=masked).with_format("torch")[:]
+        short = trim_padding(sft)
+        longest = max(int((row != IGNORE).nonzero().max()) + 1 for row in sft["labels"])
+        assert short["input_ids"].shape[1] == short["labels"].shape[1] == longest < 48
+        torch.testing.assert_close(model(**short).main_loss, model(**sft).main_loss)
+    cls = classification_data(tokenizer, 8).with_format("torch")[:]
+    classifier = LastTokenClassifier(model, 2).eval()
+    assert trim_padding(cls)["input_ids"].shape[1] == int(cls["last"].max()) + 1
+    torch.testing.assert_close(classifier(**trim_padding(cls)).logits, classifier(**cls).logits)
+    multi = MultiTaskModel(tiny_lm(vocab_size=tokenizer.vocab_size)).eval()
+    batch = multitask_batch(tokenizer)
+    torch.testing.assert_close(multi(**trim_padding(batch)).task_losses, multi(**batch).task_losses)
+
+
+def test_predictions_come_back_in_the_order_of_the_examples(tokenizer):
+    frame = pd.DataFrame({"text": ["好评 hello world 多此一举", "差评", "hello", "成语：比喻做事多余 hello world"] * 3,
+                          "label": [1, 0, 1, 0] * 3})
+    data = encode_classification(frame, tokenizer, max_len=16)
+    model = LastTokenClassifier(tiny_lm(), 2).eval()
+    rows = data.with_format("torch")[:]
+    with torch.no_grad():
+        expected = model(input_ids=rows["input_ids"], last=rows["last"]).logits.softmax(-1).numpy()
+    np.testing.assert_allclose(predict_proba(model, data, batch_size=5), expected, atol=1e-6)
+
+
+def test_trimmed_loader_streams_the_same_batches_trimmed(tokenizer):
+    data = classification_data(tokenizer, 16)
+    loader = block_loader(data, 4, shuffle=True, seed=1, fields=("input_ids", "last", "labels"))
+    trimmed, plain = TrimmedLoader(loader).stream(5), loader.stream(5)
+    for _ in range(6):
+        ours, theirs = next(trimmed), next(plain)
+        assert torch.equal(ours["input_ids"], theirs["input_ids"][:, :ours["input_ids"].shape[1]])
+        assert torch.equal(ours["labels"], theirs["labels"])
+    assert len(TrimmedLoader(loader)) == len(loader) and len(list(TrimmedLoader(loader))) == len(loader)
+
+
+def test_sampling_repetition_in_batches_equals_one_prompt_at_a_time(tokenizer):
+    model = tiny_lm(vocab_size=tokenizer.vocab_size).eval()
+    prompts = ["画蛇添足是什么意思？", "守株待兔是什么意思？", "好"]
+    table = sampling_repetition(model, tokenizer, prompts, {"greedy": {}}, max_new_tokens=8)
+    replies = [answer(model, tokenizer, p, max_new_tokens=8) for p in prompts]
+    assert table.loc["greedy", "reply_tokens"] == pytest.approx(np.mean([len(r) for r in replies]))
+    assert table.loc["greedy", "repeated_ngrams"] == pytest.approx(
+        np.mean([repeated_ngram_fraction(r, 2) if len(r) >= 2 else 0.0 for r in replies]))
+    assert table.loc["greedy", "stopped"] == pytest.approx(np.mean([len(r) < 8 for r in replies]))

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from dstutor.env import seed_everything
 from dstutor.models import DeepSeekConfig, DeepSeekLM
 from dstutor.train import TrainConfig, Trainer
+from dstutor.train.runner import run_jobs
 
 ORDERS = ("curriculum", "random", "anti-curriculum")
 
@@ -46,15 +46,18 @@ def compare_orders(config: DeepSeekConfig, train_blocks: torch.Tensor, val_block
     """A model trained from scratch per order and seed at equal steps: final validation loss per run, and the histories."""
     difficulty = unigram_difficulty(train_blocks, config.vocab_size)
     val = list(val_blocks.split(batch_size))  # the whole validation set at every evaluation
-    rows, histories = [], []
-    for order, seed in tqdm([(o, s) for o in orders for s in seeds], desc="curriculum runs"):
+
+    def run(key: tuple[str, int]) -> pd.DataFrame:
+        order, seed = key
         seed_everything(seed)  # the initialisation follows the seed; so does the sampling below
         model = DeepSeekLM(config)
         # one evaluation at the end of each curriculum stage (the last one is the reported loss)
         train = TrainConfig(steps=steps, lr=lr, eval_every=max(1, steps // stages), eval_batches=len(val), seed=seed,
                             progress=False, device="cpu")
         history = Trainer(train).fit(model, ordered_batches(train_blocks, difficulty, order, steps, batch_size, stages, seed), val)
-        histories.append(history.assign(order=order, seed=seed))
-        rows.append({"order": order, "seed": seed, "val_loss": history.val_loss.dropna().iloc[-1]})
+        return history.assign(order=order, seed=seed)
+
+    histories = run_jobs(run, [(o, s) for o in orders for s in seeds], desc="curriculum runs")
+    rows = [{"order": h.order.iloc[0], "seed": h.seed.iloc[0], "val_loss": h.val_loss.dropna().iloc[-1]} for h in histories]
     return pd.DataFrame(rows), pd.concat(histories, ignore_index=True)
 

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from dstutor.continual.ewc import Consolidated, EWCModel, fisher_diagonal
 from dstutor.continual.metrics import summary
@@ -25,6 +24,7 @@ from dstutor.finetune.freezing import freeze, layer_index
 from dstutor.finetune.lora import add_lora
 from dstutor.models import DeepSeekLM
 from dstutor.train import TrainConfig, Trainer
+from dstutor.train.runner import run_jobs
 
 FREEZING = ("none", "by_task", "bottom_half")
 
@@ -185,11 +185,16 @@ def compare_strategies(base: DeepSeekLM, tasks: list[Task], strategies: list[Str
     if len(set(names)) != len(names):
         raise ValueError(f"strategy names must be unique, they label the results; got {names}")
     before = [held_out_loss(base, task.test) for task in tasks]  # the same base model starts every run
-    shared, rows, sequences = {}, [], {}
-    for strategy, seed in tqdm([(s, seed) for s in strategies for seed in seeds], desc="continual runs"):
-        losses, history = run_sequence(base, tasks, strategy, steps, batch_size, seed, before=before, shared=shared)
-        rows.append({"strategy": strategy.name, "seed": seed, **summary(losses),
-                     "seconds": history.groupby("stage").stage_seconds.first().sum()})
-        sequences[strategy.name, seed] = (losses, history)
+    shared = {}  # first stages that several strategies train alike, per worker process
+
+    def run(key: tuple[Strategy, int]) -> tuple[pd.DataFrame, pd.DataFrame]:
+        strategy, seed = key
+        return run_sequence(base, tasks, strategy, steps, batch_size, seed, before=before, shared=shared)
+
+    keys = [(s, seed) for s in strategies for seed in seeds]
+    sequences = {(strategy.name, seed): result for (strategy, seed), result in
+                 zip(keys, run_jobs(run, keys, desc="continual runs"))}
+    rows = [{"strategy": name, "seed": seed, **summary(losses), "seconds": history.groupby("stage").stage_seconds.first().sum()}
+            for (name, seed), (losses, history) in sequences.items()]
     means = {name: sum(sequences[name, seed][0] for seed in seeds) / len(seeds) for name in names}
     return pd.DataFrame(rows), means, sequences

@@ -17,19 +17,33 @@ from dstutor.models import DeepSeekLM
 from dstutor.rl.policy import supervised
 
 
+LINEUP = ("SFT", "LoRA", "distilled")  # the fine-tuned models the lineup trains, in the order it returns them
+
+
 def fine_tuned_lineup(base: DeepSeekLM, student_start: DeepSeekLM, tokenizer: PreTrainedTokenizerFast,
                       pairs: pd.DataFrame, steps: int, seed: int = 0, sft_lr: float = 1e-3, lora_rank: int = 8,
-                      lora_lr: float = 3e-3) -> dict[str, DeepSeekLM]:
-    """{'SFT', 'LoRA', 'distilled'} trained for `steps` on the same instruction pairs and seed; inputs stay unchanged."""
+                      lora_lr: float = 3e-3, names: tuple[str, ...] = LINEUP) -> dict[str, DeepSeekLM]:
+    """The `names` of {'SFT', 'LoRA', 'distilled'} trained for `steps` on the same pairs and seed; inputs stay unchanged.
+
+    The distilled student learns from this seed's SFT model, so asking for it trains SFT as well.
+    """
     if steps < 1:
         raise ValueError(f"steps={steps}: need ≥ 1 training step")
-    seed_everything(seed)
-    sft = copy.deepcopy(base)
-    supervised(sft, tokenizer, pairs, steps, lr=sft_lr, seed=seed)
-    seed_everything(seed)
-    lora = add_lora(copy.deepcopy(base), lora_rank, 2 * lora_rank)
-    supervised(lora, tokenizer, pairs, steps, lr=lora_lr, seed=seed)
-    seed_everything(seed)
-    student = copy.deepcopy(student_start)
-    distil_logits(student, sft, tokenizer, pairs, steps, lr=sft_lr, seed=seed)
-    return {"SFT": sft.eval(), "LoRA": lora.merge_and_unload().eval(), "distilled": student.eval()}
+    unknown = set(names) - set(LINEUP)
+    if unknown:
+        raise ValueError(f"unknown lineup models {sorted(unknown)}; choose from {LINEUP}")
+    models = {}
+    if "SFT" in names or "distilled" in names:
+        seed_everything(seed)
+        models["SFT"] = copy.deepcopy(base)
+        supervised(models["SFT"], tokenizer, pairs, steps, lr=sft_lr, seed=seed)
+    if "LoRA" in names:
+        seed_everything(seed)
+        lora = add_lora(copy.deepcopy(base), lora_rank, 2 * lora_rank)
+        supervised(lora, tokenizer, pairs, steps, lr=lora_lr, seed=seed)
+        models["LoRA"] = lora.merge_and_unload()
+    if "distilled" in names:
+        seed_everything(seed)
+        models["distilled"] = copy.deepcopy(student_start)
+        distil_logits(models["distilled"], models["SFT"], tokenizer, pairs, steps, lr=sft_lr, seed=seed)
+    return {name: models[name].eval() for name in LINEUP if name in names}

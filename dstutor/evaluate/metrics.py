@@ -2,7 +2,9 @@
 
 BLEU and chrF come from sacrebleu (BLEU with its "zh" tokenizer when the references hold Chinese, so
 each character is a word); ROUGE from rouge-score with a tokenizer that keeps Chinese characters,
-which its default tokenizer silently drops.
+which its default tokenizer silently drops. A bootstrap resample re-aggregates per-item statistics
+(n-gram counts, F-measures, label pairs) instead of re-scoring the texts: the same numbers, as
+sacrebleu's own bootstrap does, in a fraction of the time.
 """
 from __future__ import annotations
 
@@ -40,11 +42,14 @@ def chrf(predictions: Sequence[str], references: Sequence[str]) -> float:
     return sacrebleu.corpus_chrf(list(predictions), [list(references)]).score
 
 
-def _rouge(kind: str) -> Callable[[Sequence[str], Sequence[str]], float]:
+def _rouge_fmeasures(kind: str, predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
     scorer = rouge_scorer.RougeScorer([kind], tokenizer=CharacterTokenizer())
+    return np.array([scorer.score(r, p)[kind].fmeasure for p, r in zip(predictions, references)])
 
+
+def _rouge(kind: str) -> Callable[[Sequence[str], Sequence[str]], float]:
     def score(predictions: Sequence[str], references: Sequence[str]) -> float:
-        return 100 * float(np.mean([scorer.score(r, p)[kind].fmeasure for p, r in zip(predictions, references)]))
+        return 100 * float(np.mean(_rouge_fmeasures(kind, predictions, references)))
     score.__doc__ = f"Mean {kind} F-measure over the pairs (0–100), Chinese scored per character."
     return score
 
@@ -63,6 +68,35 @@ METRICS: dict[str, Callable[[Sequence, Sequence], float]] = {
     "accuracy": accuracy, "macro_f1": macro_f1, "bleu": bleu, "chrf": chrf,
     "rouge1": _rouge("rouge1"), "rougeL": _rouge("rougeL"),
 }
+
+
+Statistics = tuple[np.ndarray, Callable[[np.ndarray], float]]
+
+
+def _sacrebleu_statistics(scorer, predictions: Sequence[str], references: Sequence[str]) -> Statistics:
+    # The corpus score is a function of the summed per-sentence n-gram counts (sacrebleu's own bootstrap uses this).
+    counts = np.array(scorer._extract_corpus_statistics(list(predictions), [list(references)]))
+    return counts, lambda rows: scorer._compute_score_from_stats(rows.sum(0)).score
+
+
+def _macro_f1_of_pairs(rows: np.ndarray) -> float:
+    """macro_f1 of (reference, prediction) rows: per-class 2·TP / (true + predicted), classes of the references."""
+    references, predictions = rows[:, 0], rows[:, 1]
+    return float(np.mean([2.0 * np.sum((references == c) & (predictions == c))
+                          / (np.sum(references == c) + np.sum(predictions == c)) for c in np.unique(references)]))
+
+
+def item_statistics(name: str, predictions: Sequence, references: Sequence) -> Statistics:
+    """Per-item statistics (one row per item) and the named metric as a function of any sample of those rows."""
+    if name in ("bleu", "chrf"):
+        scorer = (sacrebleu.BLEU(tokenize="zh" if _has_chinese(references) else "13a") if name == "bleu"
+                  else sacrebleu.CHRF())
+        return _sacrebleu_statistics(scorer, predictions, references)
+    if name.startswith("rouge"):
+        return _rouge_fmeasures(name, predictions, references), lambda rows: 100 * float(np.mean(rows))
+    if name == "accuracy":
+        return np.asarray(predictions) == np.asarray(references), lambda rows: float(np.mean(rows))
+    return np.column_stack([references, predictions]), _macro_f1_of_pairs
 
 
 def check_pairs(predictions: Sequence, references: Sequence) -> None:
@@ -101,14 +135,12 @@ def bootstrap_ci(statistic: Callable[[np.ndarray], float], n: int, n_boot: int =
 
 def score_with_ci(name: str, predictions: Sequence, references: Sequence, n_boot: int = 1000,
                   seed: int = 0) -> tuple[float, float, float]:
-    """(value, ci_low, ci_high) of the named metric; the interval resamples the items (corpus metrics recomputed)."""
+    """(value, ci_low, ci_high) of the named metric; the interval resamples the items (corpus metrics re-aggregated)."""
     function = metric(name)
     check_pairs(predictions, references)
-    predictions, references = list(predictions), list(references)
-
-    def on(indices: np.ndarray) -> float:
-        return function([predictions[i] for i in indices], [references[i] for i in indices])
-    return (function(predictions, references), *bootstrap_ci(on, len(predictions), n_boot, seed=seed))
+    statistics, of_rows = item_statistics(name, predictions, references)
+    return (function(predictions, references),
+            *bootstrap_ci(lambda indices: of_rows(statistics[indices]), len(predictions), n_boot, seed=seed))
 
 
 def mean_with_ci(values: Sequence[float], transform: Callable[[float], float] = float, n_boot: int = 1000,

@@ -30,13 +30,15 @@ def _padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor
 def _token_logprobs(model: DeepSeekLM, rows: list[list[int]], pad: int, batch_size: int) -> list[np.ndarray]:
     """Log-probability of every token after the first, per row (right-padding cannot leak: the model is causal)."""
     model.eval()
-    out = []
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))  # rows of similar length share a batch: less padding
+    out: list[np.ndarray] = [np.empty(0)] * len(rows)
     for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        ids, _ = _padded(chunk, pad)
+        members = order[start:start + batch_size]
+        ids, _ = _padded([rows[i] for i in members], pad)
         logprobs = F.log_softmax(model(ids).logits[:, :-1].float(), dim=-1)
         picked = logprobs.gather(-1, ids[:, 1:, None])[..., 0]
-        out += [picked[i, :len(row) - 1].numpy() for i, row in enumerate(chunk)]
+        for j, i in enumerate(members):
+            out[i] = picked[j, :len(rows[i]) - 1].numpy()
     return out
 
 

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from transformers import PreTrainedTokenizerFast
 
 from dstutor.data.sources import load_corpus
+from dstutor.finetune.padding import trim_padding
 from dstutor.models import DeepSeekLM
 
 SENTIMENTS = ("negative", "positive")
@@ -95,16 +96,21 @@ class LastTokenClassifier(nn.Module):
 
 @torch.no_grad()
 def predict_proba(model: nn.Module, data: datasets.Dataset, batch_size: int = 64) -> np.ndarray:
-    """Class probabilities (n, classes) for encoded examples."""
+    """Class probabilities (n, classes) for encoded examples, in their order."""
     model.eval()
     data = data.with_format("torch")
     device = next(model.parameters()).device
+    # Batches of similar length, cut after their longest row: the padding they skip changes no last-token state.
+    order = np.argsort(data.select_columns("last")[:]["last"].numpy(), kind="stable")
     chunks = []
     for start in range(0, len(data), batch_size):
-        rows = data[start:start + batch_size]
+        rows = trim_padding(data[order[start:start + batch_size].tolist()])
         logits = model(input_ids=rows["input_ids"].to(device), last=rows["last"].to(device)).logits
         chunks.append(logits.float().softmax(-1).cpu().numpy())
-    return np.concatenate(chunks)
+    by_length = np.concatenate(chunks)
+    probabilities = np.empty_like(by_length)
+    probabilities[order] = by_length
+    return probabilities
 
 
 def classification_scores(labels, predictions) -> dict[str, float]:

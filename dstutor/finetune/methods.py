@@ -2,6 +2,8 @@
 
 A method is full fine-tuning, freezing (by depth or module kind) or LoRA; `finetune` trains it with
 the course's Trainer and returns the model and its history, so every method shares one loop.
+Batches lose the right padding no row needs (dstutor.finetune.padding): the losses are unchanged, and an
+MoE's load statistics no longer count padding tokens.
 """
 from __future__ import annotations
 
@@ -10,16 +12,18 @@ from dataclasses import dataclass, replace
 
 import datasets
 import pandas as pd
+import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from dstutor.data.packing import block_loader
 from dstutor.env import seed_everything
 from dstutor.finetune.classify import LastTokenClassifier, classification_scores, predict_proba
 from dstutor.finetune.freezing import freeze, trainable_summary, training_step_cost
 from dstutor.finetune.lora import add_lora
+from dstutor.finetune.padding import TrimmedLoader
 from dstutor.models import DeepSeekLM
 from dstutor.train import TrainConfig, Trainer
+from dstutor.train.runner import run_jobs
 
 
 @dataclass(frozen=True)
@@ -47,12 +51,12 @@ class Method:
 
 def finetune(model: nn.Module, train: TrainConfig, train_data: datasets.Dataset, val_data: datasets.Dataset | None,
              batch_size: int, fields: tuple[str, ...]) -> pd.DataFrame:
-    """Train model on fine-tuning examples (dict batches of `fields`) and return the history."""
+    """Train model on fine-tuning examples (dict batches of `fields`, padding trimmed) and return the history."""
     if len(train_data) == 0:
         raise ValueError("the fine-tuning data is empty")
-    val = block_loader(val_data, batch_size, shuffle=False, fields=fields) if val_data is not None else None
-    return Trainer(train).fit(model, block_loader(train_data, batch_size, shuffle=True, seed=train.seed, fields=fields),
-                              val)
+    val = TrimmedLoader(block_loader(val_data, batch_size, shuffle=False, fields=fields)) if val_data is not None else None
+    return Trainer(train).fit(
+        model, TrimmedLoader(block_loader(train_data, batch_size, shuffle=True, seed=train.seed, fields=fields)), val)
 
 
 def language_model_of(model: nn.Module) -> DeepSeekLM:
@@ -67,22 +71,30 @@ def general_loss(model: nn.Module, blocks: datasets.Dataset, batches: int, batch
     return trainer.evaluate(language_model_of(model), block_loader(blocks, batch_size, shuffle=False))["val_loss"]
 
 
+def method_costs(methods: list[Method], base: DeepSeekLM, batch: dict[str, torch.Tensor]) -> pd.DataFrame:
+    """Each method's trainable parameters, step time and memory on one classification batch, indexed by name."""
+    return pd.DataFrame({method.name: {**trainable_summary(method.build(base, 2)),
+                                       **training_step_cost(method.build(base, 2), batch)} for method in methods}).T
+
+
 def compare_methods(methods: list[Method], base: DeepSeekLM, train_data: datasets.Dataset,
                     test_data: datasets.Dataset, train: TrainConfig, seeds: list[int], batch_size: int,
                     general_blocks: datasets.Dataset, general_batches: int) -> pd.DataFrame:
-    """Every method fine-tuned as a classifier once per seed: scores, cost and general loss, one row per run."""
+    """Every method fine-tuned as a classifier once per seed: scores and general loss, one row per run.
+
+    Each row also keeps the run's test predictions and training history, so a confusion matrix or a
+    panel can show a run without training it again.
+    """
     fields = ("input_ids", "last", "labels")
-    cost_batch = train_data.with_format("torch")[:batch_size]
-    rows = []
-    for method in tqdm(methods, desc="methods"):
-        cost = {**trainable_summary(method.build(base, 2)),
-                **training_step_cost(method.build(base, 2), {k: cost_batch[k] for k in fields})}
-        for seed in seeds:
-            seed_everything(seed)  # the new head's initialisation follows the seed
-            model = method.build(base, 2)
-            finetune(model, replace(train, lr=method.lr, seed=seed), train_data, test_data, batch_size, fields)
-            predictions = predict_proba(model, test_data).argmax(1)
-            rows.append({"method": method.name, "seed": seed, **cost,
-                         **classification_scores(test_data["labels"], predictions),
-                         "general_loss": general_loss(model, general_blocks, general_batches)})
-    return pd.DataFrame(rows)
+
+    def run(key: tuple[Method, int]) -> dict:
+        method, seed = key
+        seed_everything(seed)  # the new head's initialisation follows the seed
+        model = method.build(base, 2)
+        history = finetune(model, replace(train, lr=method.lr, seed=seed), train_data, test_data, batch_size, fields)
+        predictions = predict_proba(model, test_data).argmax(1)
+        return {"method": method.name, "seed": seed, **classification_scores(test_data["labels"], predictions),
+                "general_loss": general_loss(model, general_blocks, general_batches),
+                "predictions": predictions, "history": history}
+
+    return pd.DataFrame(run_jobs(run, [(method, seed) for method in methods for seed in seeds], desc="methods"))

@@ -15,7 +15,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
 from dstutor.multimodal.clip import DualEncoder, chance_recall, embed, recall_at_k
@@ -23,6 +22,7 @@ from dstutor.multimodal.data import ImageSet, PairLoader, tokenize_captions
 from dstutor.multimodal.fusion import FusionMatcher, fused_similarity
 from dstutor.env import seed_everything
 from dstutor.train import TrainConfig, Trainer
+from dstutor.train.runner import run_jobs
 
 GUIDE_PROPORTIONS = (200, 200, 100, 50)  # [Training essentials §3.2]: image, text, alignment, joint (K steps)
 
@@ -145,21 +145,18 @@ def seeded_runs(variants: Mapping[str, Callable[[TrainConfig], tuple[nn.Module, 
     """
     if not seeds or not variants:
         raise ValueError("seeded_runs needs at least one variant and one seed")
-    rows, models, histories = [], {}, []
-    bar = tqdm(total=len(variants) * len(seeds), desc="runs", leave=False)
-    for name, run in variants.items():
-        for seed in seeds:
-            bar.set_postfix_str(f"{name}, seed {seed}")
-            seed_everything(seed)
-            began = time.perf_counter()
-            model, history = run(dataclasses.replace(config, seed=seed, progress=False))  # one bar: the runs
-            trained = time.perf_counter()
-            scores = score(model)
-            bar.update(1)
-            rows.append({"variant": name, "seed": seed, "seconds": trained - began,
-                         "score_seconds": time.perf_counter() - trained,
-                         "val_loss": history.val_loss.dropna().iloc[-1], **scores})
-            models.setdefault(name, model)
-            histories.append(history.assign(variant=name, seed=seed))
-    bar.close()
-    return pd.DataFrame(rows), models, pd.concat(histories, ignore_index=True)
+
+    def one_run(key: tuple[str, int]) -> tuple[dict, nn.Module, pd.DataFrame]:
+        name, seed = key
+        seed_everything(seed)
+        began = time.perf_counter()
+        model, history = variants[name](dataclasses.replace(config, seed=seed, progress=False))  # one bar: the runs
+        trained = time.perf_counter()
+        scores = score(model)
+        row = {"variant": name, "seed": seed, "seconds": trained - began, "score_seconds": time.perf_counter() - trained,
+               "val_loss": history.val_loss.dropna().iloc[-1], **scores}
+        return row, model if seed == seeds[0] else None, history.assign(variant=name, seed=seed)
+
+    runs = run_jobs(one_run, [(name, seed) for name in variants for seed in seeds], desc="runs")
+    models = {row["variant"]: model for row, model, _ in runs if model is not None}
+    return pd.DataFrame([row for row, _, _ in runs]), models, pd.concat([h for _, _, h in runs], ignore_index=True)

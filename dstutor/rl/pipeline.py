@@ -11,7 +11,6 @@ import hashlib
 from collections.abc import Callable, Sequence
 
 import pandas as pd
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast
 
 from dstutor import zoo
@@ -21,6 +20,7 @@ from dstutor.rl.policy import MAX_LEN, SIZES, supervised, task_model
 from dstutor.rl.rewards import total_reward
 from dstutor.rl.rollouts import evaluate_policy
 from dstutor.rl.tasks import Problem, as_pairs
+from dstutor.train.runner import run_jobs
 
 SFT_BATCH = 32  # cold-start SFT batch (problems per step)
 STAGES = ("initialised", "after SFT", "after GRPO")  # where sft_then_grpo can evaluate
@@ -92,23 +92,30 @@ def sft_then_grpo(recipe: Recipe, tokenizer: PreTrainedTokenizerFast, train: lis
     if snapshot_step is not None and not 1 <= snapshot_step <= recipe.grpo.steps:
         raise ValueError(f"snapshot_step={snapshot_step}: need 1 ≤ snapshot_step ≤ the GRPO steps, "
                          f"{recipe.grpo.steps}")
-    scores, histories, starts, policies, snapshots = [], [], {}, {}, {}
-    for seed in tqdm(seeds, desc="seeds"):
+
+    def seed_run(seed: int) -> tuple[list[dict], pd.DataFrame, DeepSeekLM, DeepSeekLM, DeepSeekLM | None]:
+        scores, snapshots = [], {}
         if "initialised" in stages:
             scores.append(held_out(recipe, task_model(tokenizer, recipe.size, seed=seed), tokenizer,
                                    test[:recipe.init_problems], "initialised", seed))
-        starts[seed] = cold_start(recipe, tokenizer, train, seed)
+        start = cold_start(recipe, tokenizer, train, seed)
         if "after SFT" in stages:
-            scores.append(held_out(recipe, starts[seed], tokenizer, test, "after SFT", seed))
-        policies[seed] = copy.deepcopy(starts[seed])
+            scores.append(held_out(recipe, start, tokenizer, test, "after SFT", seed))
+        policy = copy.deepcopy(start)
 
-        def snapshot(step: int, model: DeepSeekLM, seed: int = seed) -> None:
+        def snapshot(step: int, model: DeepSeekLM) -> None:
             if step == snapshot_step:
                 snapshots[seed] = copy.deepcopy(model).eval()
 
-        history = train_grpo(policies[seed], tokenizer, train, reward, dataclasses.replace(recipe.grpo, seed=seed),
+        history = train_grpo(policy, tokenizer, train, reward, dataclasses.replace(recipe.grpo, seed=seed),
                              callback=snapshot)
-        histories.append(history.assign(seed=seed))
         if "after GRPO" in stages:
-            scores.append(held_out(recipe, policies[seed], tokenizer, test, "after GRPO", seed))
+            scores.append(held_out(recipe, policy, tokenizer, test, "after GRPO", seed))
+        return scores, history.assign(seed=seed), start, policy, snapshots.get(seed)
+
+    runs = dict(zip(seeds, run_jobs(seed_run, list(seeds), desc="seeds")))
+    scores = [row for seed in seeds for row in runs[seed][0]]
+    histories = [runs[seed][1] for seed in seeds]
+    starts, policies = ({seed: runs[seed][i] for seed in seeds} for i in (2, 3))
+    snapshots = {seed: runs[seed][4] for seed in seeds if runs[seed][4] is not None}
     return Runs(pd.DataFrame(scores), pd.concat(histories, ignore_index=True), starts, policies, snapshots)

@@ -13,18 +13,20 @@ import datasets
 import pandas as pd
 
 from dstutor.models import DeepSeekConfig
-from dstutor.train.sweep import final_rows, run_variants
+from dstutor.train.runner import run_jobs
+from dstutor.train.sweep import final_rows, train_variant
 from dstutor.train.trainer import TrainConfig
 
 
 def run_seeds(variants: Mapping[str, DeepSeekConfig], train: TrainConfig, seeds: Sequence[int],
               train_blocks: datasets.Dataset, val_blocks: datasets.Dataset, batch_size: int,
-              done: pd.DataFrame | None = None) -> pd.DataFrame:
+              done: pd.DataFrame | None = None, workers: int | None = None) -> pd.DataFrame:
     """`run_variants` once per seed (initialisation and batch order both follow it), with a `seed` column.
 
     `done`: histories the caller already trained with exactly these settings (columns variant and seed);
     those runs are reused, not trained again, since the same seed gives the same run. Their length is
-    checked against train.steps; the other settings are the caller's word.
+    checked against train.steps; the other settings are the caller's word. workers: as in `run_jobs`
+    (pass 1 where the runs' seconds are compared).
     """
     if not seeds:
         raise ValueError("run_seeds needs at least one seed")
@@ -37,15 +39,13 @@ def run_seeds(variants: Mapping[str, DeepSeekConfig], train: TrainConfig, seeds:
             raise ValueError(f"done's run of {name!r} at seed {s} has {len(run)} steps (last logged step "
                              f"{run.step.iloc[-1]}), but train.steps is {train.steps}: reuse only runs of "
                              "these settings")
-    frames = []
-    for s in seeds:
-        reused = done[done.seed == s]
-        todo = {name: config for name, config in variants.items() if name not in set(reused.variant)}
-        ran = run_variants(todo, dataclasses.replace(train, seed=s), train_blocks, val_blocks,
-                           batch_size).assign(seed=s) if todo else reused.iloc[:0]
-        both = pd.concat([reused, ran], ignore_index=True)
-        frames += [both[both.variant == name] for name in variants]  # the variants' order, reused or not
-    return pd.concat(frames, ignore_index=True)
+    reused = set(zip(done.variant, done.seed))
+    keys = [(name, s) for s in seeds for name in variants if (name, s) not in reused]
+    ran = run_jobs(lambda key: train_variant(key[0], variants[key[0]], dataclasses.replace(train, seed=key[1]),
+                                             train_blocks, val_blocks, batch_size).assign(seed=key[1]),
+                   keys, workers, desc="runs")
+    runs = dict(zip(keys, ran)) | {key: run for key, run in done.groupby(["variant", "seed"], sort=False)}
+    return pd.concat([runs[(name, s)] for s in seeds for name in variants], ignore_index=True)
 
 
 def final_values(histories: pd.DataFrame, metric: str = "val_loss") -> pd.DataFrame:

@@ -8,11 +8,11 @@ from collections.abc import Mapping, Sequence
 
 import datasets
 import pandas as pd
-from tqdm.auto import tqdm
 
 from dstutor.data.packing import block_loader
 from dstutor.env import seed_everything
 from dstutor.models import DeepSeekConfig, DeepSeekLM
+from dstutor.train.runner import run_jobs
 from dstutor.train.trainer import TrainConfig, Trainer
 
 
@@ -25,18 +25,26 @@ def fit_on_blocks(model: DeepSeekLM, train: TrainConfig, train_blocks: datasets.
         block_loader(val_blocks, batch_size, shuffle=False), **fit_options)
 
 
+def train_variant(name: str, config: DeepSeekConfig, train: TrainConfig, train_blocks: datasets.Dataset,
+                  val_blocks: datasets.Dataset, batch_size: int) -> pd.DataFrame:
+    """One run: a fresh model seeded by train.seed, its history with `variant` and `seconds` columns."""
+    seed_everything(train.seed)
+    model = DeepSeekLM(config)
+    start = time.perf_counter()
+    history = fit_on_blocks(model, train, train_blocks, val_blocks, batch_size)
+    seconds = time.perf_counter() - start
+    print(f"{name} (seed {train.seed}): final val loss {history['val_loss'].iloc[-1]:.3f} in {seconds:.0f} s")
+    return history.assign(variant=name, seconds=seconds)
+
+
 def run_variants(variants: Mapping[str, DeepSeekConfig], train: TrainConfig, train_blocks: datasets.Dataset,
-                 val_blocks: datasets.Dataset, batch_size: int) -> pd.DataFrame:
-    """One history per variant (same seed, same batches), stacked with `variant` and `seconds` columns."""
-    frames = []
-    for name, config in variants.items():
-        seed_everything(train.seed)
-        model = DeepSeekLM(config)
-        start = time.perf_counter()
-        history = fit_on_blocks(model, train, train_blocks, val_blocks, batch_size)
-        frames.append(history.assign(variant=name, seconds=time.perf_counter() - start))
-        print(f"{name}: final val loss {history['val_loss'].iloc[-1]:.3f} "
-              f"in {time.perf_counter() - start:.0f} s")
+                 val_blocks: datasets.Dataset, batch_size: int, workers: int | None = None) -> pd.DataFrame:
+    """One history per variant (same seed, same batches), stacked with `variant` and `seconds` columns.
+
+    workers: processes sharing the runs (`run_jobs`); pass 1 where the runs' seconds are compared.
+    """
+    frames = run_jobs(lambda name: train_variant(name, variants[name], train, train_blocks, val_blocks, batch_size),
+                      list(variants), workers, desc="variants")
     return pd.concat(frames, ignore_index=True)
 
 
@@ -79,13 +87,15 @@ def grid_search(grid: Mapping[str, Sequence], model: DeepSeekConfig, train: Trai
 
     seeds defaults to [train.seed]; each run's initialisation and batch order follow its seed.
     """
-    rows = []
     combos = list(itertools.product(*grid.values(), seeds if seeds is not None else [train.seed]))
-    for *combo, seed in tqdm(combos, desc="grid", leave=False):
-        values = dict(zip(grid, combo))
+
+    def grid_run(combo: tuple) -> dict:
+        *point, seed = combo
+        values = dict(zip(grid, point))
         configs = with_values({"model": model, "train": dataclasses.replace(train, seed=seed)}, values)
         seed_everything(seed)
         start = time.perf_counter()
         history = fit_on_blocks(DeepSeekLM(configs["model"]), configs["train"], train_blocks, val_blocks, batch_size)
-        rows.append({**values, "seed": seed, **summarize(history), "seconds": time.perf_counter() - start})
-    return pd.DataFrame(rows)
+        return {**values, "seed": seed, **summarize(history), "seconds": time.perf_counter() - start}
+
+    return pd.DataFrame(run_jobs(grid_run, combos, desc="grid"))
