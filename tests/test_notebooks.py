@@ -2,10 +2,12 @@
 
 Executed chapters are saved where `book/build.py --smoke` looks, so the site test reuses them.
 """
+import ast
+
 import pytest
 
 from dstutor.chapters import REPO_ROOT, chapter_paths
-from dstutor.execution import ChapterError, execute_chapter, missing_figures, save_executed
+from dstutor.execution import ChapterError, execute_chapter, missing_figures, read_chapter, save_executed
 from dstutor.prose_check import typed_quantities
 
 SMOKE_BOOK_CHAPTERS = REPO_ROOT / "build" / "smoke-book" / "chapters"
@@ -13,6 +15,22 @@ SMOKE_BOOK_CHAPTERS = REPO_ROOT / "build" / "smoke-book" / "chapters"
 
 def test_the_course_has_chapters():
     assert chapter_paths(), "no notebooks/NN_*.md found"
+
+
+def _names(source: str, context: type) -> set[str]:
+    code = "\n".join(line for line in source.splitlines() if not line.startswith(("%", "!")))
+    return {node.id for node in ast.walk(ast.parse(code)) if isinstance(node, ast.Name) and isinstance(node.ctx, context)}
+
+
+@pytest.mark.parametrize("chapter", chapter_paths(), ids=lambda p: p.stem)
+def test_every_name_a_claims_table_reads_is_assigned_in_one_cell(chapter):
+    # A name set in two cells can be changed by a later cell before the verdict reads it (chapter 10's
+    # `apart` once held the curriculum orders when the replay claim read it).
+    cells = [cell.source for cell in read_chapter(chapter, smoke=False).cells if cell.cell_type == "code"]
+    for i in [i for i, source in enumerate(cells) if "claims_table(" in source]:
+        for name in sorted(_names(cells[i], ast.Load)):
+            assigned = [j for j, source in enumerate(cells) if j != i and name in _names(source, ast.Store)]
+            assert len(assigned) <= 1, f"the claims table (code cell {i + 1}) reads {name!r}, set in cells {[j + 1 for j in assigned]}"
 
 
 @pytest.mark.notebook

@@ -99,7 +99,13 @@ def test_schedule_shapes_differ_where_they_should():
 @pytest.mark.parametrize("kwargs, match", [(dict(schedule="linear"), "unknown schedule"),
                                            (dict(warmup_steps=50, steps=50), "warmup_steps"),
                                            (dict(nonfinite="ignore"), "nonfinite"),
-                                           (dict(precision="fp8"), "precision")])
+                                           (dict(precision="fp8"), "precision"),
+                                           (dict(eval_batches=0), "eval_batches=0"),
+                                           (dict(eval_every=-1), "eval_every=-1"),
+                                           (dict(save_every=-5), "save_every=-5"),
+                                           (dict(warmup_steps=-1), "warmup_steps=-1"),
+                                           (dict(min_lr_ratio=1.5), "min_lr_ratio=1.5"),
+                                           (dict(betas=(0.9, 1.0)), r"betas=\(0.9, 1.0\)")])
 def test_bad_training_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Trainer(**kwargs)
@@ -135,3 +141,11 @@ class record_expert_loads:
         from dstutor.models.moe import DeepSeekMoE
 
         DeepSeekMoE.update_bias = self._original
+
+
+def test_evaluation_runs_on_the_models_device_not_the_trainers():
+    # A trainer set up for another device (meta stands in for a GPU here) evaluates a model left on the CPU,
+    # as finetune.general_loss does after compare_methods: batches follow the model, not the trainer.
+    model, batches = tiny_model(), pattern_batches(2)
+    here = Trainer(progress=False, eval_batches=2, device="cpu").evaluate(model, batches)
+    assert Trainer(progress=False, eval_batches=2, device="meta").evaluate(model, batches) == here

@@ -67,7 +67,7 @@ def language_model_of(model: nn.Module) -> DeepSeekLM:
 
 def general_loss(model: nn.Module, blocks: datasets.Dataset, batches: int, batch_size: int = 16) -> float:
     """Next-token loss of the model's language model on general-corpus blocks: what fine-tuning forgot."""
-    trainer = Trainer(TrainConfig(eval_batches=batches, progress=False, device="cpu"))
+    trainer = Trainer(TrainConfig(eval_batches=batches, progress=False))  # evaluates on the model's device
     return trainer.evaluate(language_model_of(model), block_loader(blocks, batch_size, shuffle=False))["val_loss"]
 
 

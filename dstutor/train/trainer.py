@@ -74,6 +74,15 @@ class TrainConfig:
             raise ValueError(f"label_smoothing={self.label_smoothing}: must be in [0, 1)")
         if self.keep_last < 1:
             raise ValueError(f"keep_last={self.keep_last}: keep at least 1 checkpoint (the newest)")
+        counts = {"eval_batches": self.eval_batches >= 1, "eval_every": self.eval_every >= 0,
+                  "save_every": self.save_every >= 0, "warmup_steps": self.warmup_steps is None or self.warmup_steps >= 0}
+        for name, ok in counts.items():  # checked now, not at the first evaluation or checkpoint
+            if not ok:
+                raise ValueError(f"{name}={getattr(self, name)}: must be ≥ {1 if name == 'eval_batches' else 0}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio={self.min_lr_ratio}: the final lr is a fraction of the peak, in [0, 1]")
+        if not all(0 <= beta < 1 for beta in self.betas):
+            raise ValueError(f"betas={tuple(self.betas)}: AdamW's betas must lie in [0, 1)")
         if self.lr <= 0 or self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError(f"need lr > 0, weight_decay ≥ 0 and grad_clip ≥ 0; got lr={self.lr}, "
                              f"weight_decay={self.weight_decay}, grad_clip={self.grad_clip}")
@@ -119,9 +128,9 @@ class Trainer:
             return self.config.precision
         return "bf16" if self.device.type == "cuda" else "fp32"
 
-    def _autocast(self):
+    def _autocast(self, device: torch.device | None = None):
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+        return torch.autocast((device or self.device).type, dtype=dtype, enabled=dtype is not None)
 
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         """AdamW; matrices decay, vectors (norms, biases) do not."""
@@ -307,12 +316,13 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, val: Iterable[torch.Tensor]) -> dict[str, float]:
-        """Mean next-token loss over up to eval_batches batches, and its perplexity."""
+        """Mean next-token loss over up to eval_batches batches, and its perplexity, on the model's own device."""
         model.eval()
+        device = next(model.parameters()).device  # after fit() that is the trainer's; a caller's model may be elsewhere
         losses = []
         for ids in itertools.islice(val, self.config.eval_batches):
-            ids = {k: v.to(self.device) for k, v in ids.items()} if isinstance(ids, dict) else ids.to(self.device)
-            with self._autocast():
+            ids = {k: v.to(device) for k, v in ids.items()} if isinstance(ids, dict) else ids.to(device)
+            with self._autocast(device):
                 out = model(**ids) if isinstance(ids, dict) else model(ids, labels=ids)
                 losses.append(out.main_loss.item())
         if not losses:
