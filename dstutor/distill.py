@@ -26,8 +26,9 @@ IGNORE = -100
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-                      temperature: float = 2.0, alpha: float = 0.7) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, KL term, CE term) over the positions whose next-token label is not -100."""
+                      temperature: float = 2.0, alpha: float = 0.7,
+                      label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, KL term, CE term) over the positions whose next-token label is not -100; label_smoothing acts on the CE."""
     if temperature <= 0 or not 0 <= alpha <= 1:
         raise ValueError(f"need temperature > 0 and 0 ≤ alpha ≤ 1, got temperature={temperature}, alpha={alpha}")
     if student_logits.shape != teacher_logits.shape:
@@ -38,7 +39,7 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     student, teacher = student_logits[:, :-1][keep].float(), teacher_logits[:, :-1][keep].float()
     kl = F.kl_div(F.log_softmax(student / temperature, dim=-1), F.log_softmax(teacher / temperature, dim=-1),
                   log_target=True, reduction="batchmean") * temperature ** 2
-    ce = F.cross_entropy(student, targets[keep])
+    ce = F.cross_entropy(student, targets[keep], label_smoothing=label_smoothing)
     return alpha * kl + (1 - alpha) * ce, kl, ce
 
 
@@ -82,10 +83,10 @@ class Distiller(nn.Module):
             out[row, :end] = self.memo[key]
         return out
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> LMOutput:
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> LMOutput:
         logits = self.student(input_ids).logits
         loss, kl, ce = distillation_loss(logits, self.teacher_logits(input_ids, labels), labels, self.temperature,
-                                         self.alpha)
+                                         self.alpha, label_smoothing)
         return LMOutput(logits, loss=loss, main_loss=ce)
 
 

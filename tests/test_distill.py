@@ -98,3 +98,28 @@ def test_memoised_teacher_logits_equal_a_fresh_forward_where_the_loss_reads_them
     histories = [distil_logits(task_model(tokenizer, "nano", seed=2), teacher, tokenizer, as_pairs(train), steps=8,
                                lr=1e-2, memo=shared) for shared in (None, {})]
     assert torch.allclose(torch.tensor(histories[0].loss.values), torch.tensor(histories[1].loss.values), atol=1e-4)
+
+
+def test_a_distilled_moe_student_updates_its_router_biases_and_takes_label_smoothing():
+    # The Trainer calls after_optimizer_step on the student inside the Distiller (no forwarding by hand);
+    # the teacher, frozen in eval mode, records no expert loads and stays as it was.
+    from test_trainer import pattern_batches, tiny_model
+
+    from dstutor.models.moe import DeepSeekMoE
+    from dstutor.train import Trainer
+
+    def biases(model):
+        return torch.cat([m.gate.e_score_correction_bias for m in model.modules() if isinstance(m, DeepSeekMoE)])
+
+    student, teacher = tiny_model(0, bias_update_speed=0.01), tiny_model(1, bias_update_speed=0.01)
+    student_before, teacher_before = biases(student).clone(), biases(teacher).clone()
+    batches = [{"input_ids": ids, "labels": ids} for ids in pattern_batches(2)]
+    quiet = dict(steps=2, lr=1e-3, warmup_steps=0, progress=False, eval_every=0)
+    plain = Trainer(**quiet).fit(Distiller(student, teacher), batches)
+    assert not torch.equal(biases(student), student_before) and torch.equal(biases(teacher), teacher_before)
+    smoothed = Trainer(**quiet, label_smoothing=0.2).fit(Distiller(tiny_model(0), teacher), batches)
+    assert smoothed.main_loss.iloc[0] != plain.main_loss.iloc[0]  # same start: the smoothing reached the loss
+    logits, labels = torch.randn(2, 5, 7), torch.tensor([[-100, 1, 2, 3, 4], [-100, -100, 5, 6, 0]])
+    keep = labels[:, 1:] != -100
+    ce = distillation_loss(logits, logits, labels, label_smoothing=0.2)[2]
+    assert torch.allclose(ce, F.cross_entropy(logits[:, :-1][keep], labels[:, 1:][keep], label_smoothing=0.2))

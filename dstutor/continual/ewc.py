@@ -61,10 +61,6 @@ class EWCModel(nn.Module):
                  for name, p in self.model.named_parameters() if name in self.memory.fisher]
         return 0.5 * self.strength * torch.stack(terms).sum()
 
-    def after_optimizer_step(self, applied: bool) -> None:
-        """Let the wrapped model update its router biases, as the Trainer would without the wrapper."""
-        getattr(self.model, "after_optimizer_step", lambda applied: None)(applied=applied)
-
     def forward(self, *args, **kwargs):
         out = self.model(*args, **kwargs)
         if self.training:

@@ -81,17 +81,13 @@ class LastTokenClassifier(nn.Module):
         nn.init.zeros_(self.score.bias)
 
     def forward(self, input_ids: torch.Tensor, last: torch.Tensor, labels: torch.Tensor | None = None,
-                **_) -> ClassifierOutput:
+                label_smoothing: float = 0.0, **_) -> ClassifierOutput:
         states = self.lm.hidden_states(input_ids)
         logits = self.score(states[torch.arange(len(last)), last])
         if labels is None:
             return ClassifierOutput(logits)
-        loss = F.cross_entropy(logits, labels)
+        loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
         return ClassifierOutput(logits, loss, loss)
-
-    def after_optimizer_step(self, applied: bool = True) -> None:
-        """Forward the training loop's hook to the LM (aux-loss-free expert bias update)."""
-        self.lm.after_optimizer_step(applied)
 
 
 @torch.no_grad()

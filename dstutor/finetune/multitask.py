@@ -82,9 +82,6 @@ class MultiTaskModel(nn.Module):
             raise ValueError(f"unknown task {name!r}; tasks are {TASKS}")
         return TaskView(self, name)
 
-    def after_optimizer_step(self, applied: bool = True) -> None:
-        self.classifier.after_optimizer_step(applied)
-
 
 class TaskView(nn.Module):
     """Calls one task's path of a MultiTaskModel, so evaluation code written for one task works unchanged."""

@@ -255,8 +255,10 @@ class Trainer:
         norm = self._clip(model)
         applied = self._apply(step, optimizer, scaler, terms["loss"], norm)
         optimizer.zero_grad(set_to_none=True)
-        if hasattr(model, "after_optimizer_step"):
-            model.after_optimizer_step(applied=applied)  # a skipped step's expert loads are discarded
+        for module in model.modules():  # each model inside a wrapper (classifier, EWC, distiller) applies its own
+            hook = getattr(type(module), "after_optimizer_step", None)
+            if hook is not None:
+                hook(module, applied=applied)  # a skipped step's expert loads are discarded
         world = self.context.world_size if self.context else 1
         row = {"step": step + 1, **terms, "lr": scheduler.get_last_lr()[0], "grad_norm": norm,
                "skipped": not applied, "tokens_per_s": tokens * world / (time.perf_counter() - began)}
