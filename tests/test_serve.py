@@ -3,6 +3,7 @@
 import asyncio
 import json
 import shutil
+import time
 
 import httpx
 import pytest
@@ -115,6 +116,33 @@ def test_bad_chat_messages_are_rejected(server):
     response = post(server, "/v1/chat/completions", {"model": "tiny", "messages": [{"role": "robot", "content": "hi"}]})
     assert response.status_code == 400 and "messages.0.role" in response.json()["error"]["message"]
     assert post(server, "/v1/chat/completions", {"model": "tiny", "messages": []}).status_code == 400
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_an_oversized_body_is_refused_at_once_while_the_server_keeps_answering(server, chunked):
+    body = json.dumps({"model": "tiny", "prompt": "ab" * 10_000_000}).encode()  # 20 MB
+
+    async def pieces():  # no Content-Length: the server can only count as the body arrives
+        for start in range(0, len(body), 1 << 20):
+            yield body[start:start + (1 << 20)]
+
+    async def upload_and_check_health():
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+            began = time.perf_counter()
+            upload = asyncio.create_task(client.post("/v1/completions", content=pieces() if chunked else body,
+                                                     headers={"content-type": "application/json"}))
+            await asyncio.sleep(0.2)
+            asked = time.perf_counter()
+            health = await client.get("/health")
+            health_s = time.perf_counter() - asked
+            refused = await upload
+            return refused, time.perf_counter() - began, health, health_s
+
+    refused, refused_s, health, health_s = asyncio.run(upload_and_check_health())
+    assert refused.status_code == 413 and refused_s < 5
+    error = refused.json()["error"]
+    assert "bytes" in error["message"] and error["code"] == "request_too_large"
+    assert health.status_code == 200 and health_s < 1
 
 
 def test_concurrent_requests_share_batches_and_each_gets_its_own_answer(server, checkpoint):

@@ -15,7 +15,9 @@ from typing import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dstutor.serve.batcher import Batcher
 from dstutor.serve.cache import LRUCache, RedisCache, cache_key
@@ -36,8 +38,67 @@ def error_response(status: int, message: str, param: str | None = None, code: st
                                    "code": code}}, status_code=status)
 
 
-def create_app(engine: Engine, name: str, batcher: Batcher, cache: LRUCache | RedisCache) -> FastAPI:
-    """The FastAPI app serving `engine` under the model id `name`."""
+MAX_BODY_BYTES = 1 << 20  # far above any prompt that fits the course models' context
+
+
+class BodyLimit:
+    """Refuse a request body over max_bytes with 413, counting it as it arrives, before anything parses it.
+
+    The rest of the body is read and dropped (up to DRAIN_FACTOR × the limit), so the client, still
+    uploading, gets the 413 instead of a reset connection.
+    """
+
+    DRAIN_FACTOR = 64
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and int(declared) > self.max_bytes:
+            return await self._refuse(int(declared), receive, send, scope)
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise APIError(413, self._message(seen, more=True), code="request_too_large")
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _message(self, size: int, more: bool = False) -> str:
+        return (f"the request body has {'more than ' if more else ''}{size:,} bytes; this server accepts at most "
+                f"{self.max_bytes:,}")
+
+    async def _refuse(self, size: int, receive: Receive, send: Send, scope: Scope) -> None:
+        drained, more = 0, True
+        while more and drained <= self.DRAIN_FACTOR * self.max_bytes:
+            message = await receive()
+            drained += len(message.get("body", b""))
+            more = message.get("more_body", False)
+        await error_response(413, self._message(size), code="request_too_large")(scope, receive, send)
+
+
+def parsed(schema: type[BaseModel], body: bytes) -> BaseModel:
+    """The request body validated against `schema`; errors as FastAPI reports them (handled below)."""
+    try:
+        return schema.model_validate_json(body)
+    except ValidationError as error:
+        raise RequestValidationError(error.errors()) from None
+
+
+def create_app(engine: Engine, name: str, batcher: Batcher, cache: LRUCache | RedisCache,
+               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The FastAPI app serving `engine` under the model id `name`.
+
+    Bodies are limited to max_body_bytes; parsing, validation and tokenising run in a worker thread, so a
+    large request never holds up the event loop that streams every other answer.
+    """
     statuses: Counter = Counter()
     generated = Counter()
 
@@ -48,6 +109,7 @@ def create_app(engine: Engine, name: str, batcher: Batcher, cache: LRUCache | Re
         await batcher.stop()
 
     app = FastAPI(title="dstutor", lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     @app.middleware("http")
     async def count_statuses(request: Request, call_next):
@@ -178,15 +240,23 @@ def create_app(engine: Engine, name: str, batcher: Batcher, cache: LRUCache | Re
                                                            "completion_tokens": completion_tokens})
         yield "data: [DONE]\n\n"
 
+    def completion_job(body: bytes) -> tuple[CompletionRequest, Generation]:
+        request = parsed(CompletionRequest, body)
+        return request, generation(request, engine.encode(request.prompt), request.max_tokens)
+
+    def chat_job(body: bytes) -> tuple[ChatRequest, Generation]:
+        request = parsed(ChatRequest, body)
+        prompt = engine.chat_prompt([m.model_dump() for m in request.messages])
+        return request, generation(request, prompt, request.max_completion_tokens or request.max_tokens)
+
     @app.post("/v1/completions")
-    async def completions(request: CompletionRequest):
-        job = generation(request, engine.encode(request.prompt), request.max_tokens)
+    async def completions(http: Request):
+        request, job = await run_in_threadpool(completion_job, await http.body())
         return await complete(request, job, chat=False)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(request: ChatRequest):
-        prompt = engine.chat_prompt([m.model_dump() for m in request.messages])
-        job = generation(request, prompt, request.max_completion_tokens or request.max_tokens)
+    async def chat_completions(http: Request):
+        request, job = await run_in_threadpool(chat_job, await http.body())
         return await complete(request, job, chat=True)
 
     return app
