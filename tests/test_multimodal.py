@@ -109,6 +109,16 @@ def test_pair_loader_resumes_where_it_left_off():
     assert len(set(sum(first[:3], []))) == 9  # one epoch: no pair twice
 
 
+def test_iterating_a_shuffled_pair_loader_again_gives_the_next_epoch():
+    tensors = {"pixels": torch.arange(10.0)[:, None], "input_ids": torch.arange(10)[:, None]}
+    loader, endless = PairLoader(tensors, 3, shuffle=True, seed=7), PairLoader(tensors, 3, shuffle=True, seed=7).stream(0)
+    passes = [[b["input_ids"].flatten().tolist() for b in loader] for _ in range(2)]
+    assert passes[0] != passes[1]  # a second pass is a new order, not epoch 0 replayed
+    assert passes == [[next(endless)["input_ids"].flatten().tolist() for _ in range(3)] for _ in range(2)]
+    fixed = list(loader.epoch(0))  # what validation reads at every evaluation
+    assert [b["input_ids"].flatten().tolist() for b in fixed] == passes[0]
+
+
 class ColourTower(nn.Module):
     """Toy image tower: the mean of each colour channel."""
     channels, side, features = 3, 24, 3

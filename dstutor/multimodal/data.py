@@ -144,6 +144,7 @@ class PairLoader:
             raise ValueError(f"batch_size must lie in [1, {n}] (the number of pairs), got {batch_size}")
         self.tensors, self.batch_size, self.shuffle, self.seed, self.n = tensors, batch_size, shuffle, seed, n
         self.per_epoch = n // batch_size if shuffle else -(-n // batch_size)
+        self.epochs_begun = 0
 
     def _batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
         order = (torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
@@ -155,7 +156,13 @@ class PairLoader:
         return self.per_epoch
 
     def __iter__(self):
-        return (self._batch(0, i) for i in range(self.per_epoch))
+        """One epoch; iterating again gives the next epoch, as stream() runs them."""
+        epoch, self.epochs_begun = self.epochs_begun, self.epochs_begun + 1
+        return self.epoch(epoch)
+
+    def epoch(self, number: int):
+        """The batches of one epoch, in its (seeded) order."""
+        return (self._batch(number, i) for i in range(self.per_epoch))
 
     def stream(self, start: int = 0):
         """Endless batches from global batch position `start`, epoch after epoch."""

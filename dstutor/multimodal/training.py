@@ -74,7 +74,8 @@ def fit_clip(model: DualEncoder | FusionMatcher, train: dict[str, torch.Tensor],
              config: TrainConfig, batch_size: int) -> pd.DataFrame:
     """Contrastive training; validation loss on shuffled held-out batches of the same size (chance = ln B)."""
     train_loader = PairLoader(train, batch_size, shuffle=True, seed=config.seed)
-    val_loader = PairLoader(val, min(batch_size, len(val["pixels"])), shuffle=True, seed=12345)
+    # the same shuffled held-out batches at every evaluation, so the curve compares like with like
+    val_loader = list(PairLoader(val, min(batch_size, len(val["pixels"])), shuffle=True, seed=12345).epoch(0))
     return Trainer(config).fit(model, train_loader, val_loader)
 
 
