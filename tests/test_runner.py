@@ -1,5 +1,6 @@
 """dstutor.train.runner: runs in worker processes give the in-process results, in order, with clear errors."""
 import os
+import time
 
 import pandas as pd
 import pytest
@@ -24,6 +25,7 @@ def test_runs_in_two_workers_equal_the_runs_in_one_process(blocks):  # noqa: F81
 
 def test_each_worker_computes_with_its_share_of_the_threads_and_returns_in_key_order():
     def threads_and_pid(key: int) -> tuple[int, int, int]:
+        time.sleep(0.3)  # long enough that both workers take jobs
         return key, torch.get_num_threads(), os.getpid()
 
     results = run_jobs(threads_and_pid, list(range(6)), workers=2)
@@ -48,3 +50,13 @@ def test_an_error_in_a_worker_reaches_the_caller_and_bad_worker_counts_are_named
         default_workers()
     monkeypatch.setenv("DSTUTOR_WORKERS", "1")
     assert default_workers() == 1
+
+
+def test_an_odd_last_run_runs_in_this_process_with_every_thread():
+    def where(key: int) -> tuple[int, int]:
+        time.sleep(0.3)
+        return os.getpid(), torch.get_num_threads()
+
+    places = run_jobs(where, [0, 1, 2], workers=2)
+    assert places[2] == (os.getpid(), torch.get_num_threads())  # the last round of one: here, all threads
+    assert all(pid != os.getpid() for pid, _ in places[:2])

@@ -60,24 +60,27 @@ def run_jobs(job: Callable[[Key], Result], keys: Sequence[Key], workers: int | N
              desc: str = "runs") -> list[Result]:
     """job(key) for every key, results in the keys' order; with workers > 1, in forked processes.
 
-    job must seed itself from its key. A worker's printed lines are shown when its run ends.
+    job must seed itself from its key. The workers take the runs in rounds of `workers`; a last round
+    that would leave a worker idle runs in this process with every thread instead (one run on one thread
+    takes ~1.6× its time on two: 3 runs as 2 + 1 take 2.6 run-times, as 2 rounds 3.3). A worker's printed
+    lines are shown when its run ends.
     """
     global _pending
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers={workers}: need at least 1")
-    workers = min(workers, len(keys))
-    if workers <= 1:  # also no keys
-        return [job(key) for key in tqdm(keys, desc=desc)]
-    threads = max(1, torch.get_num_threads() // workers)
-    _pending = (job, list(keys))
-    try:
-        with multiprocessing.get_context("fork").Pool(workers, _start_worker, (threads,)) as pool:
-            results = []
-            for result, printed in tqdm(pool.imap(_run_one, range(len(keys))), total=len(keys),
-                                        desc=f"{desc} ({workers} workers)"):
-                print(printed, end="")
-                results.append(result)
-    finally:
-        _pending = None
-    return results
+    shared = workers * (len(keys) // workers) if workers > 1 else 0
+    results = []
+    if shared:
+        threads = max(1, torch.get_num_threads() // workers)
+        _pending = (job, list(keys[:shared]))
+        try:
+            with multiprocessing.get_context("fork").Pool(workers, _start_worker, (threads,)) as pool:
+                for result, printed in tqdm(pool.imap(_run_one, range(shared)), total=shared,
+                                            desc=f"{desc} ({workers} workers)"):
+                    print(printed, end="")
+                    results.append(result)
+        finally:
+            _pending = None
+    rest = keys[shared:]
+    return results + [job(key) for key in tqdm(rest, desc=desc, disable=not rest)]
