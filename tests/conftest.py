@@ -1,8 +1,10 @@
-"""Shared pytest set-up: `--site` option, and a temporary cache so tests never write into the reader's.
+"""Shared pytest set-up: `--site` option, a temporary cache so tests never write into the reader's,
+and the cores shared among pytest-xdist workers.
 
 The temporary cache starts as a hard-linked copy of the real one (corpora and zoo artefacts are only
 ever written as new files, so links are safe), which keeps test runs from re-fetching and rebuilding.
-Chapter kernels and torchrun workers inherit it through DSTUTOR_CACHE.
+Chapter kernels, torchrun workers and xdist workers inherit it through DSTUTOR_CACHE, so a zoo model
+one worker builds, the other loads.
 """
 import os
 import shutil
@@ -26,7 +28,15 @@ def _link_or_copy(source, destination):
         shutil.copy2(source, destination)
 
 
+XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if XDIST_WORKERS > 1:  # each worker's torch (and the kernels it starts) gets its share of the cores, set before import
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = str(max(1, (os.cpu_count() or 1) // XDIST_WORKERS))
+
+
 def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the controller made the temporary cache and removes it
+        return
     temporary = Path(tempfile.mkdtemp(prefix="dstutor-test-cache-"))
     if READER_CACHE.is_dir():
         shutil.copytree(READER_CACHE, temporary, dirs_exist_ok=True, copy_function=_link_or_copy,
