@@ -12,7 +12,7 @@ from dstutor.evaluate.adversarial import adversarial_auc, detection_rate
 from dstutor.evaluate.harness import export_checkpoint, run_lm_eval, write_task
 from dstutor.evaluate.matrix import SEED_WEIGHTS, dimension_scores, top_model_stability, weighted_score
 from dstutor.evaluate.lineup import fine_tuned_lineup
-from dstutor.evaluate.metrics import METRICS, bootstrap_ci, mean_with_ci, score, score_with_ci
+from dstutor.metrics import METRICS, bootstrap_ci, mean_with_ci, score, score_with_ci
 from dstutor.evaluate.noise import KINDS, add_noise, noisy
 from dstutor.evaluate.probes import counterfactual_gap, robustness_curve, robustness_score
 from dstutor.evaluate.scoring import (attention_entropy, choice_predictions, continuation_logliks, interleaved_speed,

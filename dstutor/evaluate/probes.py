@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from transformers import PreTrainedTokenizerFast
 
-from dstutor.evaluate.metrics import accuracy, mean_with_ci
+from dstutor.metrics import accuracy, mean_with_ci
 from dstutor.evaluate.noise import noisy
 from dstutor.evaluate.scoring import choice_predictions, continuation_logliks, text_losses
 from dstutor.evaluate.suite import SENTIMENT_CHOICES, chat_context, sentiment_question

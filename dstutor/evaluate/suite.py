@@ -16,7 +16,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from dstutor.continual.tasks import HELD_OUT
 from dstutor.data.packing import split_by_document
 from dstutor.data.sources import load_corpus
-from dstutor.evaluate.metrics import mean_with_ci, score_with_ci
+from dstutor.metrics import mean_with_ci, score_with_ci
 from dstutor.evaluate.scoring import choice_predictions, greedy_answers, speed, text_losses
 from dstutor.finetune.classify import sentiment_splits
 from dstutor.finetune.sft import idiom_instructions, split_by_idiom

@@ -10,15 +10,14 @@ import json
 
 import datasets
 import pandas as pd
-import sacrebleu
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
 from dstutor.data.packing import block_loader
 from dstutor.data.sources import load_corpus
-from dstutor.evaluate import repeated_ngram_fraction
 from dstutor.finetune.padding import IGNORE, TrimmedLoader
+from dstutor.metrics import repeated_ngram_fraction
 from dstutor.models import DeepSeekLM
 from dstutor.train import TrainConfig, Trainer
 
@@ -101,14 +100,6 @@ def answer(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, prompt: str, m
            **sampling) -> list[int]:
     """The reply's token ids (up to eos) to one prompt; sampling as in DeepSeekLM.generate."""
     return answers(model, tokenizer, [prompt], max_new_tokens, **sampling)[0]
-
-
-def chrf(hypotheses: list[str], references: list[str]) -> float:
-    """Corpus chrF (character n-gram F-score, 0–100): fair to Chinese, which has no spaces between words."""
-    if len(hypotheses) != len(references) or not hypotheses:
-        raise ValueError(f"need equally many hypotheses and references, at least one; got {len(hypotheses)} "
-                         f"and {len(references)}")
-    return sacrebleu.corpus_chrf(hypotheses, [references]).score
 
 
 def sampling_repetition(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, prompts: list[str],
