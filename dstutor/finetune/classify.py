@@ -65,6 +65,9 @@ class ClassifierOutput:
     loss: torch.Tensor | None = None
     main_loss: torch.Tensor | None = None
 
+    def logged(self) -> dict[str, torch.Tensor]:
+        return {}
+
 
 class LastTokenClassifier(nn.Module):
     """A DeepSeekLM body with a linear head on the state of each sequence's last real token.

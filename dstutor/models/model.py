@@ -29,6 +29,14 @@ class LMOutput:
     expert_load: torch.Tensor | None = None   # (MoE layers, E) tokens routed to each expert
     attentions: list[torch.Tensor] = field(default_factory=list)  # per layer (batch, heads, q, k)
 
+    def logged(self) -> dict[str, torch.Tensor]:
+        """The terms a training loop logs besides the loss: MTP and balance losses, the busiest expert's load."""
+        terms = {name: value for name, value in (("mtp_loss", self.mtp_loss), ("balance_loss", self.balance_loss))
+                 if value is not None}
+        if self.expert_load is not None:  # the busiest expert's tokens over the mean, averaged over MoE layers
+            terms["max_load_ratio"] = (self.expert_load.max(-1).values / self.expert_load.mean(-1)).mean()
+        return terms
+
 
 class DecoderLayer(nn.Module):
     """Pre-norm block: x + attention(norm(x)), then + FFN(norm(x)); the FFN is dense or DeepSeekMoE."""
