@@ -15,7 +15,8 @@ from dstutor.finetune.lora import add_lora, adapted_weights, lora_config
 from dstutor.finetune.methods import Method, finetune
 from dstutor.finetune.multitask import TASKS, MultiTaskModel, paired_tasks
 from dstutor.finetune.padding import TrimmedLoader, trim_padding
-from dstutor.finetune.sft import IGNORE, answer, answers, encode_sft, prompt_ids, sampling_repetition, sft_example
+from dstutor.data.tokenizer import chat_prompt
+from dstutor.finetune.sft import IGNORE, answer, answers, encode_sft, sampling_repetition, sft_example
 from dstutor.train import TrainConfig
 from tiny import tiny_lm
 
@@ -132,7 +133,7 @@ def test_last_token_head_ignores_right_padding():
 
 def test_answer_only_mask(tokenizer):
     example = sft_example(tokenizer, "画蛇添足是什么意思？", "多此一举。", max_len=48)
-    question = prompt_ids(tokenizer, "画蛇添足是什么意思？")
+    question = chat_prompt(tokenizer, "画蛇添足是什么意思？")
     labels, ids = example["labels"], example["input_ids"]
     assert labels[:len(question)] == [IGNORE] * len(question)
     reply = [t for t in labels if t != IGNORE]

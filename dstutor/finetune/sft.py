@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerFast
 
 from dstutor.data.packing import block_loader
 from dstutor.data.sources import load_corpus
+from dstutor.data.tokenizer import chat_prompt
 from dstutor.finetune.padding import IGNORE, TrimmedLoader
 from dstutor.metrics import repeated_ngram_fraction
 from dstutor.models import DeepSeekLM
@@ -45,16 +46,10 @@ def split_by_idiom(pairs: pd.DataFrame, test_idioms: int, seed: int = 0) -> tupl
     return pairs[~test].reset_index(drop=True), pairs[test].reset_index(drop=True)
 
 
-def prompt_ids(tokenizer: PreTrainedTokenizerFast, prompt: str) -> list[int]:
-    """The chat-formatted user turn, ending with the assistant tag the model continues from."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                         tokenize=True, return_dict=False)
-
-
 def sft_example(tokenizer: PreTrainedTokenizerFast, prompt: str, answer: str, max_len: int,
                 mask_prompt: bool = True) -> dict[str, list[int]]:
     """input_ids (prompt + answer + eos, right-padded) and labels (-100 on padding, and on the prompt if masked)."""
-    question = prompt_ids(tokenizer, prompt)
+    question = chat_prompt(tokenizer, prompt)
     reply = tokenizer(answer + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
     if len(question) >= max_len:
         raise ValueError(f"the prompt is {len(question)} tokens, longer than the context max_len={max_len}: "
@@ -83,7 +78,7 @@ def answers(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, prompts: list
     each batch stops once every reply has its end token.
     """
     model.eval()
-    questions = [prompt_ids(tokenizer, prompt) for prompt in prompts]
+    questions = [chat_prompt(tokenizer, prompt) for prompt in prompts]
     by_length: dict[int, list[int]] = {}
     for i, ids in enumerate(questions):
         by_length.setdefault(len(ids), []).append(i)
