@@ -12,8 +12,8 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Protocol, runtime_checkable
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import pandas as pd
 import torch
