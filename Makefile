@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help install book book-force chromium redis test test-fast check-site lab clean bench bench-book loadtest data
+.PHONY: help install book book-force chromium redis test test-fast check-site lab clean bench bench-book gpu-check loadtest data
 
 help:
 	@echo "make book        install everything, execute every chapter (full mode), build book/_build/html"
@@ -20,6 +20,7 @@ help:
 	@echo "make book-force  like make book, but re-execute every chapter"
 	@echo "make bench       run the benchmarks in bench/ (results: bench/results/*.json)"
 	@echo "make bench-book  the last build's chapter runtimes against the budget (bench/results/book_runtime.json)"
+	@echo "make gpu-check   on a CUDA machine: GPU tests, GPU benchmarks, two chapters (bench/results/gpu_check.json)"
 	@echo "make loadtest    load-test \`dstutor serve\` on loopback, batching on and off (bench/results/loadtest.json)"
 	@echo "make data        fetch the course corpora into the cache (~/.cache/dstutor)"
 	@echo "make clean       remove build output (keeps .venv and the cache in ~/.cache/dstutor)"
@@ -88,6 +89,11 @@ bench: install
 # the models built, the slowest cells; exits non-zero over budget (5 min a chapter, two up to 8, 40 min in all).
 bench-book: install
 	$(PY) bench/book_runtime.py
+
+# On a CUDA machine: the GPU tests, bench/gpu_mfu.py, bench/model_speed.py and two chapters in full mode,
+# within 7 minutes; without CUDA it says so and exits 0.
+gpu-check: install
+	$(PY) bench/gpu_check.py
 
 # The server under load: concurrency 1 / 8 / 32, batching on and off; zero lost requests and zero 5xx required.
 loadtest: install

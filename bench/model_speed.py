@@ -18,7 +18,7 @@ from dstutor.bench import save_results
 from dstutor.env import choose_device, seed_everything
 from dstutor.models import DeepSeekConfig, DeepSeekLM, dense_baseline_config
 from dstutor.models.hf import to_hf
-from dstutor.train.timing import interleaved_step_times
+from dstutor.timing import train_step_seconds
 
 
 def main() -> None:
@@ -51,7 +51,7 @@ def main() -> None:
               "dstutor DeepSeekLM": ours,  # built after the copies above, which took its weights
               "dstutor dense baseline (equal active params)": DeepSeekLM(dense_baseline_config(config)).to(device)}
     rows = {}
-    for name, times in interleaved_step_times(models, batches, args.warmup).items():
+    for name, times in train_step_seconds(models, batches, args.warmup).items():
         median = float(np.median(times))
         q1, q3 = np.percentile(times, [25, 75])
         rows[name] = {"median step (s)": median, "IQR (s)": float(q3 - q1), "tokens/s": args.batch * args.seq / median}

@@ -7,8 +7,8 @@ the teacher's own outputs: how DeepSeek-R1 distils its reasoning into small dens
 """
 from __future__ import annotations
 
-import time
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,7 @@ from dstutor.rl.policy import supervised, task_model
 from dstutor.rl.rollouts import rejection_sample, rollout
 from dstutor.rl.tasks import Problem, as_pairs
 from dstutor.train.runner import run_jobs
+from dstutor.timing import interleaved_seconds
 
 IGNORE = -100
 
@@ -114,13 +115,10 @@ def generation_speed(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, prob
 
     Counts the tokens decoded, so a model that stops at its end token earlier is not credited for the
     tokens it did not decode."""
-    rollout(model, tokenizer, problems[:4], 1, max_new_tokens, 0.0)
-    rates = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        decoded = rollout(model, tokenizer, problems, 1, max_new_tokens, 0.0).decoded_tokens
-        rates.append(decoded / (time.perf_counter() - started))
-    return sorted(rates)[len(rates) // 2]
+    decoded = []
+    seconds = interleaved_seconds({"greedy": lambda _: decoded.append(
+        rollout(model, tokenizer, problems, 1, max_new_tokens, 0.0).decoded_tokens)}, repeats + 1)["greedy"]
+    return float(np.median(np.divide(decoded[1:], seconds)))
 
 
 def compare_students(teacher: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, train: list[Problem],

@@ -110,20 +110,9 @@ def machine_info() -> dict[str, str]:
 def matmul_gflops(size: int, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                   repeats: int = 5) -> float:
     """Median measured GFLOP/s of a (size × size) @ (size × size) matmul: this machine's raw speed."""
-    import time
+    from dstutor.timing import interleaved_seconds  # dstutor.timing is below env: imported where it is used
 
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    timings = []
-    for _ in range(repeats + 1):  # the first run warms up allocators and kernels
-        _sync(device)
-        start = time.perf_counter()
-        a @ b
-        _sync(device)
-        timings.append(time.perf_counter() - start)
-    return 2 * size**3 / float(np.median(timings[1:])) / 1e9
-
-
-def _sync(device: str | torch.device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
+    timings = interleaved_seconds({"matmul": lambda _: a @ b}, repeats + 1)["matmul"]  # the first round warms up
+    return 2 * size**3 / float(np.median(timings)) / 1e9

@@ -7,17 +7,17 @@ import pandas as pd
 import pytest
 import torch
 
-from dstutor.data.tokenizer import train_tokenizer
+from dstutor.data.tokenizer import chat_prompt, train_tokenizer
 from dstutor.evaluate.adversarial import adversarial_auc, detection_rate
 from dstutor.evaluate.harness import export_checkpoint, run_lm_eval, write_task
 from dstutor.evaluate.matrix import SEED_WEIGHTS, dimension_scores, top_model_stability, weighted_score
 from dstutor.evaluate.lineup import fine_tuned_lineup
-from dstutor.evaluate.metrics import METRICS, bootstrap_ci, mean_with_ci, score, score_with_ci
+from dstutor.metrics import METRICS, bootstrap_ci, mean_with_ci, score, score_with_ci
 from dstutor.evaluate.noise import KINDS, add_noise, noisy
 from dstutor.evaluate.probes import counterfactual_gap, robustness_curve, robustness_score
 from dstutor.evaluate.scoring import (attention_entropy, choice_predictions, continuation_logliks, interleaved_speed,
                                       text_losses)
-from dstutor.evaluate.suite import Suite, chance_levels, chat_context, evaluate
+from dstutor.evaluate.suite import Suite, chance_levels, evaluate
 from dstutor.widgets.weights import WeightsPanel
 from tiny import tiny_lm
 
@@ -34,7 +34,7 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def docs(tokenizer):
     rng = np.random.default_rng(0)
-    return [{"question": f"评论：{text}", "context": chat_context(tokenizer, f"评论：{text}"),
+    return [{"question": f"评论：{text}", "context": chat_prompt(tokenizer, f"评论：{text}", tokenize=False),
              "choices": ["好评", "差评", "一般"], "label": int(rng.integers(3))} for text in REVIEWS]
 
 
@@ -142,7 +142,7 @@ def test_our_choice_scores_equal_lm_eval_offline(tokenizer, docs, tmp_path):
 
 def test_continuation_loglik_is_the_sum_of_next_token_log_probabilities(tokenizer):
     model = tiny_lm().eval()
-    context, continuation = chat_context(tokenizer, "一心一意"), "专心"
+    context, continuation = chat_prompt(tokenizer, "一心一意", tokenize=False), "专心"
     ids = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
     n = len(ids) - len(tokenizer(context, add_special_tokens=False)["input_ids"])
     logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1], -1)

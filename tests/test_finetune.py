@@ -7,7 +7,7 @@ from peft import PeftModel
 
 from dstutor.data.packing import block_loader
 from dstutor.data.tokenizer import train_tokenizer
-from dstutor.evaluate import repeated_ngram_fraction
+from dstutor.metrics import repeated_ngram_fraction
 from dstutor.finetune.classify import (LastTokenClassifier, classification_scores, encode_classification,
                                        predict_proba)
 from dstutor.finetune.freezing import freeze, trainable_summary, training_step_cost
@@ -15,7 +15,8 @@ from dstutor.finetune.lora import add_lora, adapted_weights, lora_config
 from dstutor.finetune.methods import Method, finetune
 from dstutor.finetune.multitask import TASKS, MultiTaskModel, paired_tasks
 from dstutor.finetune.padding import TrimmedLoader, trim_padding
-from dstutor.finetune.sft import IGNORE, answer, answers, encode_sft, prompt_ids, sampling_repetition, sft_example
+from dstutor.data.tokenizer import chat_prompt
+from dstutor.finetune.sft import IGNORE, answer, answers, encode_sft, sampling_repetition, sft_example
 from dstutor.train import TrainConfig
 from tiny import tiny_lm
 
@@ -132,7 +133,7 @@ def test_last_token_head_ignores_right_padding():
 
 def test_answer_only_mask(tokenizer):
     example = sft_example(tokenizer, "画蛇添足是什么意思？", "多此一举。", max_len=48)
-    question = prompt_ids(tokenizer, "画蛇添足是什么意思？")
+    question = chat_prompt(tokenizer, "画蛇添足是什么意思？")
     labels, ids = example["labels"], example["input_ids"]
     assert labels[:len(question)] == [IGNORE] * len(question)
     reply = [t for t in labels if t != IGNORE]
@@ -260,3 +261,16 @@ def test_sampling_repetition_in_batches_equals_one_prompt_at_a_time(tokenizer):
     assert table.loc["greedy", "repeated_ngrams"] == pytest.approx(
         np.mean([repeated_ngram_fraction(r, 2) if len(r) >= 2 else 0.0 for r in replies]))
     assert table.loc["greedy", "stopped"] == pytest.approx(np.mean([len(r) < 8 for r in replies]))
+
+
+def test_classification_scores_are_the_metrics_modules_scores():
+    # A prediction of a class the references never hold once made chapter 08's macro-F1 (sklearn's default:
+    # classes of labels and predictions) differ from chapter 12's (classes of the references) on the same pairs.
+    from dstutor.metrics import accuracy, macro_f1
+
+    labels, predictions = [0, 0, 1, 1], [0, 2, 1, 1]
+    scores = classification_scores(labels, predictions)
+    assert scores == {"accuracy": accuracy(predictions, labels), "macro_f1": macro_f1(predictions, labels)}
+    assert scores["macro_f1"] == pytest.approx((2 / 3 + 1) / 2)
+    with pytest.raises(ValueError, match="3 predictions but 2 references"):
+        classification_scores([0, 1], [0, 1, 1])

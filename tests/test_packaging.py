@@ -1,4 +1,7 @@
-"""The install lists agree: pyproject pins == environment.yml's pip list; no unpinned dependency."""
+"""The install lists agree: pyproject pins == environment.yml's pip list; no unpinned dependency; the layers hold."""
+import os
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -32,3 +35,11 @@ def test_npm_lock_names_no_download_hosts():
 
 def test_no_notebook_json_next_to_the_chapters():
     assert not list(Path(REPO_ROOT / "notebooks").glob("*.ipynb"))
+
+
+def test_every_module_imports_only_the_layers_below_it():
+    # the contract in pyproject.toml ([tool.importlinter]): e.g. finetune may import train, never evaluate
+    linter = Path(sys.executable).parent / "lint-imports"
+    result = subprocess.run([str(linter), "--config", str(REPO_ROOT / "pyproject.toml")], cwd=REPO_ROOT,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:]

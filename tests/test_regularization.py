@@ -62,7 +62,7 @@ def test_mean_over_classes_label_smoothing_is_our_loss_divided_by_the_vocabulary
 
 
 def test_repeated_ngram_fraction():
-    from dstutor.evaluate import repeated_ngram_fraction
+    from dstutor.metrics import repeated_ngram_fraction
 
     assert repeated_ngram_fraction([1, 2, 3, 4, 5], n=2) == 0
     assert repeated_ngram_fraction([1, 2, 1, 2, 1, 2], n=2) == pytest.approx(3 / 5)

@@ -149,3 +149,23 @@ def test_evaluation_runs_on_the_models_device_not_the_trainers():
     model, batches = tiny_model(), pattern_batches(2)
     here = Trainer(progress=False, eval_batches=2, device="cpu").evaluate(model, batches)
     assert Trainer(progress=False, eval_batches=2, device="meta").evaluate(model, batches) == here
+
+
+def test_the_trainer_logs_what_the_output_names_and_refuses_an_output_without_the_contract():
+    from types import SimpleNamespace
+
+    history = Trainer(steps=2, lr=1e-3, warmup_steps=0, progress=False, eval_every=0).fit(tiny_model(), pattern_batches())
+    assert {"loss", "main_loss", "balance_loss", "max_load_ratio"} <= set(history.columns)
+    assert (history.max_load_ratio >= 1).all()  # the busiest expert holds at least the mean load
+
+    class Untyped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, ids, labels=None):
+            loss = (self.w * ids.float().mean()) ** 2
+            return SimpleNamespace(loss=loss, main_loss=loss)  # no logged()
+
+    with pytest.raises(TypeError, match="Untyped returned a SimpleNamespace.*loss.*main_loss.*logged.*TrainOutput"):
+        Trainer(steps=1, progress=False, eval_every=0).fit(Untyped(), pattern_batches(1))

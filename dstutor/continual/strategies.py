@@ -185,15 +185,15 @@ def compare_strategies(base: DeepSeekLM, tasks: list[Task], strategies: list[Str
     if len(set(names)) != len(names):
         raise ValueError(f"strategy names must be unique, they label the results; got {names}")
     before = [held_out_loss(base, task.test) for task in tasks]  # the same base model starts every run
-    shared = {}  # first stages that several strategies train alike, per worker process
 
-    def run(key: tuple[Strategy, int]) -> tuple[pd.DataFrame, pd.DataFrame]:
-        strategy, seed = key
-        return run_sequence(base, tasks, strategy, steps, batch_size, seed, before=before, shared=shared)
+    def seed_runs(seed: int) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+        """Every strategy at one seed, in one process: a first stage several strategies share is trained once."""
+        shared = {}
+        return [run_sequence(base, tasks, strategy, steps, batch_size, seed, before=before, shared=shared)
+                for strategy in strategies]
 
-    keys = [(s, seed) for s in strategies for seed in seeds]
-    sequences = {(strategy.name, seed): result for (strategy, seed), result in
-                 zip(keys, run_jobs(run, keys, desc="continual runs"))}
+    per_seed = dict(zip(seeds, run_jobs(seed_runs, list(seeds), desc="continual runs, a seed at a time")))
+    sequences = {(strategy.name, seed): per_seed[seed][i] for i, strategy in enumerate(strategies) for seed in seeds}
     rows = [{"strategy": name, "seed": seed, **summary(losses), "seconds": history.groupby("stage").stage_seconds.first().sum()}
             for (name, seed), (losses, history) in sequences.items()]
     means = {name: sum(sequences[name, seed][0] for seed in seeds) / len(seeds) for name in names}

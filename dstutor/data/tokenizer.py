@@ -37,6 +37,16 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
                                    chat_template=CHAT_TEMPLATE, clean_up_tokenization_spaces=False)
 
 
+def chat_prompt(tokenizer: PreTrainedTokenizerFast, conversation: str | list[dict],
+                tokenize: bool = True) -> list[int] | str:
+    """The conversation in the tokenizer's chat template, ending where the assistant's turn starts.
+
+    A str is one user turn. SFT, RL rollouts, the evaluation suite and the server all build prompts here.
+    """
+    messages = [{"role": "user", "content": conversation}] if isinstance(conversation, str) else conversation
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=tokenize, return_dict=False)
+
+
 def token_labels(tokenizer: PreTrainedTokenizerFast, ids: list[int]) -> list[str]:
     """Readable label per token: its text with spaces as ␣ (a token holding part of a character shows �)."""
     return [tokenizer.decode([i]).replace(" ", "␣").replace("\n", "⏎") or "∅" for i in ids]

@@ -6,9 +6,7 @@ cached latent into those keys and values at every step; the absorbed path attend
 """
 from __future__ import annotations
 
-import time
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -17,6 +15,7 @@ from dstutor.models.attention import KVCache
 from dstutor.models.hf import to_hf
 from dstutor.models.measure import decode_tokens_per_second
 from dstutor.models.model import DeepSeekLM
+from dstutor.timing import decode_rate
 
 
 def _prompt(model, context: int) -> torch.Tensor:
@@ -41,15 +40,7 @@ def _hf_greedy(hf_model, prompt: torch.Tensor, tokens: int) -> torch.Tensor:
 def hf_decode_tokens_per_second(hf_model, context: int, new_tokens: int, repeats: int = 3) -> float:
     """transformers' generate (greedy, its own cache), timed as decode_tokens_per_second times ours."""
     prompt = _prompt(hf_model, context)
-
-    def seconds(tokens: int) -> float:
-        start = time.perf_counter()
-        _hf_greedy(hf_model, prompt, tokens)
-        return time.perf_counter() - start
-
-    seconds(2)  # warm-up
-    timings = [seconds(new_tokens) - seconds(1) for _ in range(repeats)]
-    return (new_tokens - 1) / max(float(np.median(timings)), 1e-9)
+    return decode_rate(lambda tokens: _hf_greedy(hf_model, prompt, tokens), new_tokens, repeats)
 
 
 @torch.no_grad()

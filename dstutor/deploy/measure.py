@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 from typing import Callable, Mapping
 
 import datasets
@@ -14,6 +13,7 @@ from tqdm.auto import tqdm
 
 from dstutor.data.packing import block_loader
 from dstutor.deploy.int8 import model_bytes
+from dstutor.timing import interleaved_seconds
 
 
 @torch.no_grad()
@@ -33,22 +33,11 @@ def lm_quality(model: nn.Module, blocks: datasets.Dataset, batches: int, batch_s
 
 
 def interleaved_latency(runs: Mapping[str, Callable[[], object]], rounds: int = 7) -> pd.DataFrame:
-    """Milliseconds per call (median, min, max over rounds), every callable timed once per round in turn.
-
-    Interleaving spreads the machine's slow moments over every variant, so a ratio between two
-    variants is not a comparison between two moments of the machine.
-    """
-    for run in runs.values():
-        run()  # warm-up
-    times = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(1000 * (time.perf_counter() - start))
-    return pd.DataFrame({"ms": {n: np.median(t) for n, t in times.items()},
-                         "ms_min": {n: np.min(t) for n, t in times.items()},
-                         "ms_max": {n: np.max(t) for n, t in times.items()}})
+    """Milliseconds per call (median, min, max over rounds), every callable timed once per round in turn."""
+    seconds = interleaved_seconds({name: lambda _, run=run: run() for name, run in runs.items()}, rounds + 1)
+    return pd.DataFrame({"ms": {n: 1000 * np.median(t) for n, t in seconds.items()},
+                         "ms_min": {n: 1000 * np.min(t) for n, t in seconds.items()},
+                         "ms_max": {n: 1000 * np.max(t) for n, t in seconds.items()}})
 
 
 def variant_table(variants: Mapping[str, nn.Module], blocks: datasets.Dataset, batches: int,

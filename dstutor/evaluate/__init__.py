@@ -1,4 +1,4 @@
-"""Evaluation helpers: measures of generated text."""
-from dstutor.evaluate.generation import repeated_ngram_fraction
+"""Evaluation: the course's suite of tasks, probes of robustness and bias, scoring and the lm-eval harness.
 
-__all__ = ["repeated_ngram_fraction"]
+The metrics themselves live in `dstutor.metrics`.
+"""

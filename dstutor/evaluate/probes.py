@@ -7,17 +7,19 @@ import numpy as np
 import pandas as pd
 from transformers import PreTrainedTokenizerFast
 
-from dstutor.evaluate.metrics import accuracy, mean_with_ci
+from dstutor.data.tokenizer import chat_prompt
 from dstutor.evaluate.noise import noisy
 from dstutor.evaluate.scoring import choice_predictions, continuation_logliks, text_losses
-from dstutor.evaluate.suite import SENTIMENT_CHOICES, chat_context, sentiment_question
+from dstutor.evaluate.suite import SENTIMENT_CHOICES, sentiment_question
+from dstutor.metrics import accuracy, mean_with_ci
 from dstutor.models import DeepSeekLM
 
 
 def _noisy_docs(docs: Sequence[dict], tokenizer: PreTrainedTokenizerFast, kind: str, level: float,
                 seed: int) -> list[dict]:
     """The docs with noisy questions; the chat-template tags and the choices stay clean."""
-    return [{**doc, "context": chat_context(tokenizer, noisy([doc["question"]], kind, level, seed)[0])} for doc in docs]
+    return [{**doc, "context": chat_prompt(tokenizer, noisy([doc["question"]], kind, level, seed)[0], tokenize=False)}
+            for doc in docs]
 
 
 def robustness_curve(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, texts: Sequence[str],
@@ -58,7 +60,7 @@ def counterfactual_gap(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, te
         raise ValueError("no reviews to probe: the list is empty")
     positive = []
     for variant in variants:
-        pairs = [(chat_context(tokenizer, sentiment_question(variant + text)), choice)
+        pairs = [(chat_prompt(tokenizer, sentiment_question(variant + text), tokenize=False), choice)
                  for text in texts for choice in choices]
         logliks = continuation_logliks(model, tokenizer, pairs).reshape(len(texts), len(choices))
         logliks -= logliks.max(1, keepdims=True)

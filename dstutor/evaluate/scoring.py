@@ -6,7 +6,6 @@ context + continuation after those of the context alone), so the two agree docum
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -17,6 +16,7 @@ from transformers import PreTrainedTokenizerFast
 
 from dstutor.finetune.sft import answers
 from dstutor.models import DeepSeekLM
+from dstutor.timing import interleaved_seconds
 
 
 def _padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,20 +105,13 @@ def attention_entropy(model: DeepSeekLM, input_ids: torch.Tensor) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
-def _answer_seconds(model: DeepSeekLM, ids: torch.Tensor, new_tokens: int) -> float:
-    start = time.perf_counter()
-    model.generate(ids, new_tokens)
-    return time.perf_counter() - start
-
-
 @torch.no_grad()
 def speed(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, prompt: str, new_tokens: int = 24,
           repeats: int = 5) -> dict[str, float]:
     """Median seconds to answer one prompt greedily (batch 1, KV cache) and the decoded tokens per second."""
     model.eval()
     ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
-    model.generate(ids, 2)  # warm-up
-    seconds = [_answer_seconds(model, ids, new_tokens) for _ in range(repeats)]
+    seconds = interleaved_seconds({"answer": lambda _: model.generate(ids, new_tokens)}, repeats + 1)["answer"]
     median = float(np.median(seconds))
     return {"latency_s": median, "tokens_per_s": new_tokens / median,
             "latency_low": float(np.min(seconds)), "latency_high": float(np.max(seconds))}
@@ -127,17 +120,11 @@ def speed(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, prompt: str, ne
 @torch.no_grad()
 def interleaved_speed(models: Mapping[str, DeepSeekLM], tokenizer: PreTrainedTokenizerFast, prompt: str,
                       new_tokens: int = 24, rounds: int = 7) -> pd.DataFrame:
-    """Tokens/s per model (median, min, max over rounds), the models timed in turn within each round.
-
-    Interleaving spreads the machine's slow moments over every model, so models of equal size compare
-    equal, which timing one model after another does not guarantee (chapter 00: ±20 % between runs).
-    """
+    """Tokens/s per model (median, min, max over rounds), the models timed in turn within each round
+    (`dstutor.timing`: models of equal size then compare equal)."""
     ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
-    for model in models.values():
-        model.eval().generate(ids, 2)  # warm-up
-    rates = {name: [] for name in models}
-    for _ in range(rounds):
-        for name, model in models.items():
-            rates[name].append(new_tokens / _answer_seconds(model, ids, new_tokens))
+    seconds = interleaved_seconds({name: lambda _, model=model: model.eval().generate(ids, new_tokens)
+                                   for name, model in models.items()}, rounds + 1)
+    rates = {name: [new_tokens / s for s in times] for name, times in seconds.items()}
     return pd.DataFrame({"tokens_per_s": {n: np.median(r) for n, r in rates.items()},
                          "min": {n: min(r) for n, r in rates.items()}, "max": {n: max(r) for n, r in rates.items()}})

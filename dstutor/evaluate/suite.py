@@ -16,11 +16,12 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from dstutor.continual.tasks import HELD_OUT
 from dstutor.data.packing import split_by_document
 from dstutor.data.sources import load_corpus
-from dstutor.evaluate.metrics import mean_with_ci, score_with_ci
+from dstutor.data.tokenizer import chat_prompt
 from dstutor.evaluate.scoring import choice_predictions, greedy_answers, speed, text_losses
 from dstutor.finetune.classify import sentiment_splits
 from dstutor.finetune.sft import idiom_instructions, split_by_idiom
 from dstutor.models import DeepSeekLM
+from dstutor.metrics import mean_with_ci, score_with_ci
 from dstutor.models.hf import load_pretrained
 
 COLUMNS = ["model", "task", "metric", "value", "ci_low", "ci_high", "n", "chance"]
@@ -52,12 +53,6 @@ def held_out_texts(corpus: str, n: int, chars: int = 200, seed: int = 0) -> list
     return [pieces[i] for i in order]
 
 
-def chat_context(tokenizer: PreTrainedTokenizerFast, question: str) -> str:
-    """The user turn in the chat template, ending where the assistant's answer starts."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                         tokenize=False)
-
-
 def idiom_choice_docs(pairs: pd.DataFrame, tokenizer: PreTrainedTokenizerFast, n: int, options: int = 4,
                       seed: int = 0) -> list[dict]:
     """'What does X mean?' with the true explanation among options − 1 explanations of other idioms."""
@@ -71,8 +66,8 @@ def idiom_choice_docs(pairs: pd.DataFrame, tokenizer: PreTrainedTokenizerFast, n
         choices = list(rng.choice(others.to_numpy(), options - 1, replace=False))
         label = int(rng.integers(options))
         choices.insert(label, row.answer)
-        docs.append({"question": row.prompt, "context": chat_context(tokenizer, row.prompt), "choices": choices,
-                     "label": label})
+        docs.append({"question": row.prompt, "context": chat_prompt(tokenizer, row.prompt, tokenize=False),
+                     "choices": choices, "label": label})
     return docs
 
 
@@ -84,7 +79,7 @@ def sentiment_question(review: str) -> str:
 def sentiment_docs(reviews: pd.DataFrame, tokenizer: PreTrainedTokenizerFast, n: int, chars: int = 60) -> list[dict]:
     """Zero-shot sentiment: a review, then 'positive or negative?' answered by the likelier label word."""
     questions = [sentiment_question(text[:chars]) for text in reviews.text[:n]]
-    return [{"question": q, "context": chat_context(tokenizer, q), "choices": list(SENTIMENT_CHOICES), "label": int(label)}
+    return [{"question": q, "context": chat_prompt(tokenizer, q, tokenize=False), "choices": list(SENTIMENT_CHOICES), "label": int(label)}
             for q, label in zip(questions, reviews.label[:n])]
 
 

@@ -15,13 +15,14 @@ import pandas as pd
 import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+from sklearn.metrics import confusion_matrix
 from torch import nn
 from torch.nn import functional as F
 from transformers import PreTrainedTokenizerFast
 
 from dstutor.data.sources import load_corpus
 from dstutor.finetune.padding import trim_padding
+from dstutor.metrics import accuracy, macro_f1
 from dstutor.models import DeepSeekLM
 
 SENTIMENTS = ("negative", "positive")
@@ -63,6 +64,9 @@ class ClassifierOutput:
     logits: torch.Tensor
     loss: torch.Tensor | None = None
     main_loss: torch.Tensor | None = None
+
+    def logged(self) -> dict[str, torch.Tensor]:
+        return {}
 
 
 class LastTokenClassifier(nn.Module):
@@ -110,12 +114,9 @@ def predict_proba(model: nn.Module, data: datasets.Dataset, batch_size: int = 64
 
 
 def classification_scores(labels, predictions) -> dict[str, float]:
-    """Accuracy and macro-F1 (the mean of per-class F1, so a majority-class guess scores low)."""
-    if len(labels) != len(predictions) or not len(labels):
-        raise ValueError(f"need equally many labels and predictions, at least one; got {len(labels)} and "
-                         f"{len(predictions)}")
-    return {"accuracy": accuracy_score(labels, predictions),
-            "macro_f1": f1_score(labels, predictions, average="macro")}
+    """Accuracy and macro-F1 as `dstutor.metrics` defines them (a majority-class guess scores low)."""
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    return {"accuracy": accuracy(predictions, labels), "macro_f1": macro_f1(predictions, labels)}
 
 
 def confusion(labels, predictions, names: tuple[str, ...] = SENTIMENTS) -> pd.DataFrame:

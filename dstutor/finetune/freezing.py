@@ -6,12 +6,12 @@ peft-wrapped model: decoder layer i is every parameter under `model.layers.i.`.
 from __future__ import annotations
 
 import re
-import time
 
 import pandas as pd
 import torch
 from torch import nn
 
+from dstutor.timing import interleaved_seconds
 from dstutor.train.memory import activation_bytes, saved_tensors
 
 LAYER = re.compile(r"(?:^|\.)model\.layers\.(\d+)\.")
@@ -72,18 +72,18 @@ def training_step_cost(model: nn.Module, batch: dict[str, torch.Tensor], repeats
     """
     model.train()
     cuda = next(model.parameters()).is_cuda
-    times = []
-    for _ in range(repeats + 1):  # the first pass warms up kernels and the allocator
+    last = {}
+
+    def step(_: int) -> None:
         model.zero_grad(set_to_none=True)
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        began = time.perf_counter()
-        with saved_tensors() as saved:
+        with saved_tensors() as last["saved"]:
             loss = model(**batch).loss
         loss.backward()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - began)
+
+    times = interleaved_seconds({"step": step}, repeats + 1)["step"]  # the first pass warms up kernels and allocator
+    saved = last["saved"]
     parts = {
         "weights_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
         "gradients_mb": sum(p.grad.numel() * p.grad.element_size() for p in model.parameters()
@@ -93,4 +93,4 @@ def training_step_cost(model: nn.Module, batch: dict[str, torch.Tensor], repeats
     }
     model.zero_grad(set_to_none=True)
     memory = torch.cuda.max_memory_allocated() / 2**20 if cuda else sum(parts.values())
-    return {"step_ms": 1000 * float(pd.Series(times[1:]).median()), "memory_mb": memory, **parts}
+    return {"step_ms": 1000 * float(pd.Series(times).median()), "memory_mb": memory, **parts}

@@ -25,7 +25,10 @@ WEIGHTINGS = ("static", "uncertainty")
 class MultiTaskOutput:
     loss: torch.Tensor
     main_loss: torch.Tensor
-    task_losses: torch.Tensor
+    task_losses: torch.Tensor  # (sentiment, sft), before weighting
+
+    def logged(self) -> dict[str, torch.Tensor]:
+        return {"sentiment_loss": self.task_losses[0], "sft_loss": self.task_losses[1]}
 
 
 class MultiTaskModel(nn.Module):

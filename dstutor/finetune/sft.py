@@ -10,15 +10,15 @@ import json
 
 import datasets
 import pandas as pd
-import sacrebleu
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
 from dstutor.data.packing import block_loader
 from dstutor.data.sources import load_corpus
-from dstutor.evaluate import repeated_ngram_fraction
+from dstutor.data.tokenizer import chat_prompt
 from dstutor.finetune.padding import IGNORE, TrimmedLoader
+from dstutor.metrics import repeated_ngram_fraction
 from dstutor.models import DeepSeekLM
 from dstutor.train import TrainConfig, Trainer
 
@@ -46,16 +46,10 @@ def split_by_idiom(pairs: pd.DataFrame, test_idioms: int, seed: int = 0) -> tupl
     return pairs[~test].reset_index(drop=True), pairs[test].reset_index(drop=True)
 
 
-def prompt_ids(tokenizer: PreTrainedTokenizerFast, prompt: str) -> list[int]:
-    """The chat-formatted user turn, ending with the assistant tag the model continues from."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                         tokenize=True, return_dict=False)
-
-
 def sft_example(tokenizer: PreTrainedTokenizerFast, prompt: str, answer: str, max_len: int,
                 mask_prompt: bool = True) -> dict[str, list[int]]:
     """input_ids (prompt + answer + eos, right-padded) and labels (-100 on padding, and on the prompt if masked)."""
-    question = prompt_ids(tokenizer, prompt)
+    question = chat_prompt(tokenizer, prompt)
     reply = tokenizer(answer + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
     if len(question) >= max_len:
         raise ValueError(f"the prompt is {len(question)} tokens, longer than the context max_len={max_len}: "
@@ -84,7 +78,7 @@ def answers(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, prompts: list
     each batch stops once every reply has its end token.
     """
     model.eval()
-    questions = [prompt_ids(tokenizer, prompt) for prompt in prompts]
+    questions = [chat_prompt(tokenizer, prompt) for prompt in prompts]
     by_length: dict[int, list[int]] = {}
     for i, ids in enumerate(questions):
         by_length.setdefault(len(ids), []).append(i)
@@ -101,14 +95,6 @@ def answer(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, prompt: str, m
            **sampling) -> list[int]:
     """The reply's token ids (up to eos) to one prompt; sampling as in DeepSeekLM.generate."""
     return answers(model, tokenizer, [prompt], max_new_tokens, **sampling)[0]
-
-
-def chrf(hypotheses: list[str], references: list[str]) -> float:
-    """Corpus chrF (character n-gram F-score, 0–100): fair to Chinese, which has no spaces between words."""
-    if len(hypotheses) != len(references) or not hypotheses:
-        raise ValueError(f"need equally many hypotheses and references, at least one; got {len(hypotheses)} "
-                         f"and {len(references)}")
-    return sacrebleu.corpus_chrf(hypotheses, [references]).score
 
 
 def sampling_repetition(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, prompts: list[str],

@@ -1,14 +1,13 @@
 """Measurements the architecture chapters report: KV-cache memory from real tensors, decode speed."""
 from __future__ import annotations
 
-import time
 
-import numpy as np
 import torch
 
 from dstutor.models.attention import KVCache
 from dstutor.models.config import DeepSeekConfig
 from dstutor.models.model import DeepSeekLM
+from dstutor.timing import decode_rate
 
 
 @torch.no_grad()
@@ -27,15 +26,4 @@ def decode_tokens_per_second(model: DeepSeekLM, context: int, new_tokens: int, a
     model.eval()
     prompt = torch.randint(0, model.config.vocab_size, (1, context), generator=torch.Generator().manual_seed(0))
     prompt = prompt.to(next(model.parameters()).device)
-    if new_tokens < 2:
-        raise ValueError(f"new_tokens={new_tokens}: need ≥ 2 to separate decoding from the prefill")
-
-    def seconds(tokens: int) -> float:
-        start = time.perf_counter()
-        model.generate(prompt, tokens, absorb=absorb)
-        return time.perf_counter() - start
-
-    seconds(2)  # warm-up
-    # generate(n) = prefill + (n - 1) cached decoding steps, so the difference isolates decoding.
-    timings = [seconds(new_tokens) - seconds(1) for _ in range(repeats)]
-    return (new_tokens - 1) / max(float(np.median(timings)), 1e-9)
+    return decode_rate(lambda tokens: model.generate(prompt, tokens, absorb=absorb), new_tokens, repeats)

@@ -29,6 +29,14 @@ class LMOutput:
     expert_load: torch.Tensor | None = None   # (MoE layers, E) tokens routed to each expert
     attentions: list[torch.Tensor] = field(default_factory=list)  # per layer (batch, heads, q, k)
 
+    def logged(self) -> dict[str, torch.Tensor]:
+        """The terms a training loop logs besides the loss: MTP and balance losses, the busiest expert's load."""
+        terms = {name: value for name, value in (("mtp_loss", self.mtp_loss), ("balance_loss", self.balance_loss))
+                 if value is not None}
+        if self.expert_load is not None:  # the busiest expert's tokens over the mean, averaged over MoE layers
+            terms["max_load_ratio"] = (self.expert_load.max(-1).values / self.expert_load.mean(-1)).mean()
+        return terms
+
 
 class DecoderLayer(nn.Module):
     """Pre-norm block: x + attention(norm(x)), then + FFN(norm(x)); the FFN is dense or DeepSeekMoE."""
@@ -205,7 +213,7 @@ class DeepSeekLM(nn.Module):
             logits = self(step, cache=cache, absorb=absorb).logits[:, -1].float()
             if repetition_penalty != 1.0:
                 logits = penalise_repeats(logits, tokens, repetition_penalty)
-            step = _sample(logits, temperature, top_k, generator, top_p)[:, None]
+            step = sample_next(logits, temperature, top_k, generator, top_p)[:, None]
             tokens = torch.cat([tokens, step], dim=1)
             if eos_token_id is not None:
                 finished |= step[:, 0] == eos_token_id
@@ -239,8 +247,9 @@ def nucleus_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_k: int | None,
-            generator: torch.Generator | None, top_p: float = 1.0) -> torch.Tensor:
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None,
+                generator: torch.Generator | None, top_p: float = 1.0) -> torch.Tensor:
+    """The next token of each row of logits (batch, vocab): greedy at temperature 0, else sampled after top-k and top-p."""
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits / temperature

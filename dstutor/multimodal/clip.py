@@ -43,6 +43,9 @@ class ClipOutput:
     loss: torch.Tensor
     main_loss: torch.Tensor   # the same loss: what the Trainer's validation reads
 
+    def logged(self) -> dict[str, torch.Tensor]:
+        return {}
+
 
 class DualEncoder(nn.Module):
     """Image and text towers, a linear projection each, an optional LayerNorm, and a learnable temperature.

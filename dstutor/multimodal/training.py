@@ -32,6 +32,9 @@ class LossOutput:
     loss: torch.Tensor
     main_loss: torch.Tensor
 
+    def logged(self) -> dict[str, torch.Tensor]:
+        return {}
+
 
 class ImageDenoiser(nn.Module):
     """Unimodal image pretraining: rebuild the clean image from a noisy one through the encoder's features."""

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from dstutor.finetune.sft import prompt_ids
+from dstutor.data.tokenizer import chat_prompt
 from dstutor.models import DeepSeekLM
 from dstutor.rl.rewards import accuracy_reward, format_reward
 from dstutor.rl.tasks import Problem
@@ -47,7 +47,7 @@ def rollout(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, problems: lis
     if group_size < 1 or not problems:
         raise ValueError(f"need group_size ≥ 1 and at least one problem, got {group_size} and {len(problems)}")
     model.eval()
-    prompts = [prompt_ids(tokenizer, p.prompt) for p in problems]
+    prompts = [chat_prompt(tokenizer, p.prompt) for p in problems]
     width = max(map(len, prompts)) + max_new_tokens
     sequences = torch.full((len(problems) * group_size, width), tokenizer.pad_token_id)
     mask = torch.zeros(len(problems) * group_size, width - 1)

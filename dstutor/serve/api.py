@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from dstutor.data.tokenizer import chat_prompt
 from dstutor.serve.batcher import Batcher
 from dstutor.serve.cache import LRUCache, RedisCache, cache_key
 from dstutor.serve.engine import Engine, Generation
@@ -246,7 +247,7 @@ def create_app(engine: Engine, name: str, batcher: Batcher, cache: LRUCache | Re
 
     def chat_job(body: bytes) -> tuple[ChatRequest, Generation]:
         request = parsed(ChatRequest, body)
-        prompt = engine.chat_prompt([m.model_dump() for m in request.messages])
+        prompt = chat_prompt(engine.tokenizer, [m.model_dump() for m in request.messages])
         return request, generation(request, prompt, request.max_completion_tokens or request.max_tokens)
 
     @app.post("/v1/completions")

@@ -14,6 +14,8 @@ from typing import Callable
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from dstutor.models.model import sample_next
+
 
 @dataclass
 class Generation:
@@ -44,11 +46,6 @@ class Engine:
         self.context = self.model.config.max_position_embeddings
         self.eos = self.tokenizer.eos_token_id
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos
-
-    def chat_prompt(self, messages: list[dict]) -> list[int]:
-        """Token ids of the conversation in the tokenizer's chat template, ready for the assistant's turn."""
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                  return_dict=False)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -86,11 +83,4 @@ class Engine:
 
     @staticmethod
     def _pick(logits: torch.Tensor, request: Generation, generator: torch.Generator) -> int:
-        if request.temperature == 0:
-            return int(logits.argmax())
-        probs = (logits / request.temperature).softmax(dim=-1)
-        if request.top_p < 1:
-            ordered, order = probs.sort(descending=True)
-            drop = ordered.cumsum(dim=0) - ordered >= request.top_p
-            probs = probs.scatter(0, order, ordered.masked_fill(drop, 0))
-        return int(torch.multinomial(probs, 1, generator=generator))
+        return int(sample_next(logits[None], request.temperature, None, generator, request.top_p)[0])

@@ -5,7 +5,7 @@ Small models use two CPU cores poorly from one process: two processes of one thr
 workers; each run is a function of its key alone (it seeds itself), so the result does not depend on
 which worker ran it or in what order. A run's own seconds are then measured while another run shares
 the cores: where a verdict rests on wall-clock time, run with workers=1 or time the steps apart
-(`dstutor.train.timing`).
+(`dstutor.timing`).
 """
 from __future__ import annotations
 

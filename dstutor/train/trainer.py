@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import pandas as pd
 import torch
@@ -89,6 +90,17 @@ class TrainConfig:
         lr_multiplier(self.schedule, self.steps, self.resolved_warmup_steps)  # raises on a bad schedule
 
 
+@runtime_checkable
+class TrainOutput(Protocol):
+    """What a model's forward returns to the Trainer: the loss it minimises, the loss it reports (and
+    validates on), and any further scalars to log each step by name (an MoE's balance loss, an MTP loss)."""
+
+    loss: torch.Tensor
+    main_loss: torch.Tensor
+
+    def logged(self) -> dict[str, torch.Tensor]: ...
+
+
 class NonFiniteError(FloatingPointError):
     """Training produced a NaN or infinite loss or gradient, or fp16's loss scale collapsed."""
 
@@ -99,7 +111,7 @@ MIN_LOSS_SCALE = 1.0
 
 
 class Trainer:
-    """Trains a model that returns an object with `.loss` when called as model(ids, labels=ids) (or model(**batch)).
+    """Trains a model that returns a `TrainOutput` when called as model(ids, labels=ids) (or model(**batch)).
 
     Callbacks are called as callback(trainer, model, row) after every step (they may add keys to the
     row) and, if they have them, callback.on_train_begin(trainer) and callback.on_train_end(trainer).
@@ -306,14 +318,12 @@ class Trainer:
         extra = {"label_smoothing": cfg.label_smoothing} if cfg.label_smoothing else {}
         with self._autocast():
             out = forward(**ids, **extra) if isinstance(ids, dict) else forward(ids, labels=ids, **extra)
+        if not isinstance(out, TrainOutput):
+            raise TypeError(f"{type(forward).__name__} returned a {type(out).__name__}; the Trainer needs an output "
+                            "with `loss`, `main_loss` and `logged()` (dstutor.train.trainer.TrainOutput)")
         scaler.scale(out.loss / cfg.accumulation).backward()
-        for name in ("loss", "main_loss", "mtp_loss", "balance_loss"):
-            value = getattr(out, name, None)
-            if value is not None:
-                terms[name] = terms.get(name, 0.0) + value.item() / cfg.accumulation
-        load = getattr(out, "expert_load", None)
-        if load is not None:
-            terms["max_load_ratio"] = (load.max(-1).values / load.mean(-1)).mean().item()
+        for name, value in {"loss": out.loss, "main_loss": out.main_loss, **out.logged()}.items():
+            terms[name] = terms.get(name, 0.0) + float(value) / cfg.accumulation  # means over the micro-batches
         return terms, tokens + sum(t.numel() for t in _input_ids(ids))
 
     @torch.no_grad()

@@ -5,6 +5,15 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 
+def _finish(fig: plt.Figure, axes, title: str) -> plt.Figure:
+    """A small legend and a light grid on every panel, the title above them all."""
+    for ax in axes:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    return fig
+
+
 def size_quality(table: pd.DataFrame, title: str) -> plt.Figure:
     """Each variant as a point: megabytes of weights against held-out perplexity, named in the legend."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
@@ -65,11 +74,7 @@ def pruning_curves(table: pd.DataFrame, title: str, speed_label: str) -> plt.Fig
                           points.prefill_ms_max - points.prefill_ms], marker="o", capsize=3, label=method)
     quality_ax.set(xlabel="share removed", ylabel="held-out perplexity", title="quality")
     speed_ax.set(xlabel="share removed", ylabel=speed_label, title="speed")
-    for ax in (quality_ax, speed_ax):
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    return fig
+    return _finish(fig, (quality_ax, speed_ax), title)
 
 
 def decoding_curves(table: pd.DataFrame, title: str) -> plt.Figure:
@@ -81,11 +86,7 @@ def decoding_curves(table: pd.DataFrame, title: str) -> plt.Figure:
         memory.plot(group.context, group.cache_bytes / 2**20, marker="o", label=name.removeprefix("cache: "))
     speed.set(xlabel="context (tokens)", ylabel="decoding speed (tokens/s, batch 1)", title="speed")
     memory.set(xlabel="context (tokens)", ylabel="KV cache (MB, fp32, one sequence)", title="cache memory")
-    for ax in (speed, memory):
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    return fig
+    return _finish(fig, (speed, memory), title)
 
 
 def load_curves(table: pd.DataFrame, title: str) -> plt.Figure:
@@ -101,7 +102,4 @@ def load_curves(table: pd.DataFrame, title: str) -> plt.Figure:
         ax.set(xlabel="concurrent clients", ylabel=label)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(table.concurrency.unique()), [str(c) for c in sorted(table.concurrency.unique())])
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    return fig
+    return _finish(fig, axes, title)

@@ -1,4 +1,5 @@
-"""Text and label metrics with bootstrap confidence intervals: accuracy, macro-F1, chrF, BLEU, ROUGE.
+"""Every metric of the course, one definition each: accuracy, macro-F1, chrF, BLEU, ROUGE, repeated n-grams,
+and bootstrap confidence intervals. It sits below finetune and evaluate, which both score with it.
 
 BLEU and chrF come from sacrebleu (BLEU with its "zh" tokenizer when the references hold Chinese, so
 each character is a word); ROUGE from rouge-score with a tokenizer that keeps Chinese characters,
@@ -33,12 +34,14 @@ def _has_chinese(texts: Sequence[str]) -> bool:
 
 def bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Corpus BLEU-4 (0–100); tokenize='zh' when the references contain Chinese, '13a' otherwise."""
+    check_pairs(predictions, references)
     tokenize = "zh" if _has_chinese(references) else "13a"
     return sacrebleu.corpus_bleu(list(predictions), [list(references)], tokenize=tokenize).score
 
 
 def chrf(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Corpus chrF (character 6-gram F-score, β = 2, 0–100): needs no word segmentation."""
+    """Corpus chrF (character 6-gram F-score, β = 2, 0–100): needs no word segmentation, fair to Chinese."""
+    check_pairs(predictions, references)
     return sacrebleu.corpus_chrf(list(predictions), [list(references)]).score
 
 
@@ -56,12 +59,26 @@ def _rouge(kind: str) -> Callable[[Sequence[str], Sequence[str]], float]:
 
 def accuracy(predictions: Sequence[int], references: Sequence[int]) -> float:
     """Share of exact matches (0–1)."""
+    check_pairs(predictions, references)
     return float(accuracy_score(references, predictions))
 
 
 def macro_f1(predictions: Sequence[int], references: Sequence[int]) -> float:
     """Mean of the per-class F1 over the classes in the references (0–1): a constant guess scores low."""
+    check_pairs(predictions, references)
     return float(f1_score(references, predictions, labels=sorted(set(references)), average="macro", zero_division=0))
+
+
+def repeated_ngram_fraction(tokens: Sequence[int], n: int = 4) -> float:
+    """Share of the n-grams in `tokens` that already occurred earlier in it (0: no repetition)."""
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    if not grams:
+        raise ValueError(f"need at least n={n} tokens, got {len(tokens)}")
+    seen, repeats = set(), 0
+    for gram in grams:
+        repeats += gram in seen
+        seen.add(gram)
+    return repeats / len(grams)
 
 
 METRICS: dict[str, Callable[[Sequence, Sequence], float]] = {
