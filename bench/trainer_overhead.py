@@ -71,8 +71,7 @@ def main() -> None:
     summary = (f"nano preset, batch {args.batch} × 128 tokens, {args.rounds} alternating pairs of {args.steps}-step "
                f"runs on the CPU. The Trainer's overhead over a bare loop is **{overhead:+.1%}** per step.")
     print(summary)
-    print(f"written: {save_results('trainer_overhead', table.round(4), summary,
-                                       {'Trainer overhead ≤ 5 %': overhead <= 0.05})}")
+    print("written:", save_results("trainer_overhead", table.round(4), summary, {"Trainer overhead ≤ 5 %": overhead <= 0.05}))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 import pandas as pd
 
 from dstutor.bench import RESULTS_DIR, load_results, save_results
+from dstutor.chapters import REPO_ROOT
 
 
 def test_results_round_trip_with_origin_and_targets_apart(tmp_path):
@@ -65,3 +66,9 @@ def test_cell_seconds_come_from_the_executed_timestamps():
                                   "shell.execute_reply": "2026-12-06T10:01:30.500000Z"}
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("x"), nbformat.v4.new_code_cell("1"), cell])
     assert bench.cell_seconds(notebook) == [(2, 90.5, "train(steps)")]
+
+
+def test_every_benchmark_script_compiles_on_this_python():
+    # model_speed.py and trainer_overhead.py once held a multi-line f-string field, valid only from Python 3.12
+    for script in sorted((REPO_ROOT / "bench").glob("*.py")):
+        compile(script.read_text(), str(script), "exec")
