@@ -200,6 +200,15 @@ def test_the_dstutor_command_lists_serve_and_rejects_unknown_commands(capsys):
     assert cli(["deploy"]) == 2 and "unknown command 'deploy'" in capsys.readouterr().err
 
 
+def test_python_m_dstutor_is_the_command_and_its_help_loads_no_torch():
+    import subprocess
+    import sys
+
+    shown = subprocess.run([sys.executable, "-X", "importtime", "-m", "dstutor", "--help"], capture_output=True, text=True)
+    assert shown.returncode == 0 and "pretrain" in shown.stdout and "serve" in shown.stdout
+    assert " torch" not in shown.stderr  # -X importtime lists every module imported, one per line
+
+
 def test_serve_says_what_is_wrong_with_a_missing_model_or_redis(tmp_path, checkpoint, capsys):
     assert cli(["serve", "--model", str(tmp_path / "nowhere")]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
