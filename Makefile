@@ -56,9 +56,10 @@ redis:
 	  (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null) || \
 	  echo "warning: no redis-server and no apt-get: the Redis cache test will be skipped"; }
 
-# Two pytest workers (one core each on two cores); the smoke site is built from their chapter runs afterwards.
+# Two pytest workers (one core each on two cores) that steal queued tests from each other, so neither idles
+# while the other finishes a long chapter; the smoke site is built from their chapter runs afterwards.
 test: install chromium redis
-	$(PY) -m pytest -n 2 -m "not site"
+	$(PY) -m pytest -n 2 --dist worksteal -m "not site"
 	$(PY) -m pytest -m site
 	@if [ -d book/_build/html ]; then $(MAKE) --no-print-directory check-site; fi
 
