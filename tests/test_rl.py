@@ -9,6 +9,7 @@ import torch
 from dstutor.rl import (GRPOConfig, Problem, clipped_surrogate, evaluate_expression, extract_answer, format_reward,
                         group_advantages, grpo_loss, k3_kl, make_problems, pass_at_k, rejection_sample, rollout, score,
                         supervised, task_model, task_tokenizer, token_logprobs, total_reward, train_grpo, as_pairs)
+from dstutor.rl.grpo import lr_factor
 from dstutor.rl.pipeline import Recipe, cold_start, sft_then_grpo
 from dstutor.rl.rewards import accuracy_reward
 
@@ -232,3 +233,35 @@ def test_a_snapshot_of_a_longer_run_is_the_shorter_run(tokenizer):
         sft_then_grpo(recipe, tokenizer, train, test, [0], snapshot_step=5)
     with pytest.raises(ValueError, match="unknown stages"):
         sft_then_grpo(recipe, tokenizer, train, test, [0], stages=["after RL"])
+    decaying = dataclasses.replace(recipe, grpo=dataclasses.replace(config, min_lr_ratio=0.5))
+    with pytest.raises(ValueError, match="constant learning rate: min_lr_ratio=0.5"):
+        sft_then_grpo(decaying, tokenizer, train, test, [0], snapshot_step=2)
+
+
+def test_learning_rate_warms_up_then_decays_by_a_cosine_to_its_floor():
+    config = GRPOConfig(steps=110, warmup_steps=10, min_lr_ratio=0.1)
+    factors = [lr_factor(i, config) for i in range(120)]
+    assert factors[:10] == pytest.approx([(i + 1) / 11 for i in range(10)])
+    assert factors[10] == 1.0 and factors[60] == pytest.approx(0.55) and factors[110:] == pytest.approx([0.1] * 10)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    constant = dataclasses.replace(config, min_lr_ratio=1.0)
+    assert [lr_factor(i, constant) for i in range(10, 120)] == [1.0] * 110
+    with pytest.raises(ValueError, match="min_lr_ratio=1.5"):
+        dataclasses.replace(config, min_lr_ratio=1.5).validate()
+
+
+def test_dropping_degenerate_groups_updates_on_the_informative_ones_only(tokenizer):
+    train, _ = make_problems("addition", (1,), 40, 1, seed=0)
+    config = GRPOConfig(steps=1, prompts_per_step=4, group_size=4, max_new_tokens=8, beta=0.0, warmup_steps=0,
+                        lr=1e-3, progress=False)
+    untrained = task_model(tokenizer, "nano", seed=0)  # it never answers: every group is degenerate
+    for drop in (False, True):
+        model = copy.deepcopy(untrained)
+        history = train_grpo(model, tokenizer, train, total_reward, dataclasses.replace(config, drop_degenerate=drop))
+        assert history.degenerate.iloc[0] == 1.0
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), untrained.state_dict().values()))
+        assert ("loss" in history) != drop  # dropped: no update is computed at all
+    samples = rollout(untrained, tokenizer, [ADD, COUNT], 3, 6, 1.0, torch.Generator().manual_seed(0))
+    kept = samples.subset(torch.tensor([False, False, False, True, True, True]))
+    assert kept.texts == samples.texts[3:] and kept.problems == samples.problems[3:] and kept.group_size == 3
+    assert torch.equal(kept.sequences, samples.sequences[3:]) and torch.equal(kept.mask, samples.mask[3:])

@@ -9,6 +9,7 @@ the run logs the fraction of such degenerate groups.
 from __future__ import annotations
 
 import copy
+import math
 import random
 import time
 from collections.abc import Callable
@@ -33,13 +34,15 @@ class GRPOConfig:
     steps: int = 100               # policy updates (one batch of fresh rollouts each)
     prompts_per_step: int = 16     # problems per step, P
     group_size: int = 8            # completions per problem, G ≥ 2 (DeepSeekMath: 64; R1: 16)
-    lr: float = 1e-4               # AdamW learning rate after warmup, then constant (DeepSeekMath: 1e-6 at 7B)
+    lr: float = 1e-4               # AdamW peak learning rate, reached after warmup (DeepSeekMath: 1e-6 at 7B)
+    min_lr_ratio: float = 1.0      # after warmup the rate falls by a cosine to min_lr_ratio·lr at `steps`; 1: constant
     clip_eps: float = 0.2          # ε of the clipped ratio (PPO's usual 0.1–0.3)
     beta: float = 0.04             # weight of the KL penalty to the reference (DeepSeekMath: 0.04); 0: no reference
     temperature: float = 1.0       # sampling temperature of the rollouts (R1: 1.0 in RL)
     max_new_tokens: int = 40       # longest completion; longer ones are cut (and usually score 0)
     warmup_steps: int = 10         # linear learning-rate warmup: Adam's first steps move every weight by ~lr
     inner_steps: int = 1           # updates per batch of rollouts, μ; the clip only acts when μ > 1
+    drop_degenerate: bool = False  # leave groups with one reward for all samples out of the update (DAPO §3.2)
     grad_clip: float = 1.0         # max gradient norm
     time_limit_s: float | None = None  # stop early after this much wall-clock (a CPU budget); None: run all steps
     seed: int = 0                  # problem order and sampling
@@ -49,7 +52,7 @@ class GRPOConfig:
         """Raise ValueError naming the first field outside its allowed range."""
         rules = {"steps": self.steps >= 1, "prompts_per_step": self.prompts_per_step >= 1,
                  "group_size": self.group_size >= 2, "lr": self.lr > 0, "clip_eps": 0 < self.clip_eps < 1,
-                 "beta": self.beta >= 0, "temperature": self.temperature > 0, "max_new_tokens": self.max_new_tokens >= 1,
+                 "beta": self.beta >= 0, "min_lr_ratio": 0 <= self.min_lr_ratio <= 1, "temperature": self.temperature > 0, "max_new_tokens": self.max_new_tokens >= 1,
                  "inner_steps": self.inner_steps >= 1, "warmup_steps": self.warmup_steps >= 0,
                  "time_limit_s": self.time_limit_s is None or self.time_limit_s > 0}
         for name, ok in rules.items():
@@ -57,6 +60,14 @@ class GRPOConfig:
                 hint = " (advantages are normalised within a group: one sample has nothing to compare with)" \
                     if name == "group_size" else ""
                 raise ValueError(f"GRPOConfig.{name}={getattr(self, name)!r} is out of range{hint}")
+
+
+def lr_factor(step: int, config: GRPOConfig) -> float:
+    """The learning rate at update `step` (from 0) as a fraction of config.lr: linear warmup, then cosine decay."""
+    if step < config.warmup_steps:
+        return (step + 1) / (config.warmup_steps + 1)
+    progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
@@ -116,7 +127,7 @@ def train_grpo(policy: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, problems:
         reference.eval().requires_grad_(False)
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.lr,
                                   betas=(0.9, 0.99), weight_decay=0.0)
-    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / (config.warmup_steps + 1)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(i, config))
     rng, generator = random.Random(config.seed), torch.Generator().manual_seed(config.seed)
     rows, trained_s = [], 0.0  # GRPO's own time: callbacks (evaluations) are not counted
     for step in tqdm(range(config.steps), desc="GRPO", disable=not config.progress, leave=False):
@@ -127,8 +138,13 @@ def train_grpo(policy: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, problems:
         generation_s = time.perf_counter() - started
         rewards = score(samples, reward)
         advantages = group_advantages(rewards).flatten()
-        row = _update(policy, reference, optimizer, samples, advantages, config)
-        warmup.step()
+        informative = (rewards.std(dim=1) > 0).repeat_interleave(config.group_size)
+        # Dropping degenerate groups changes the objective's average: it runs over the completions that carry
+        # an advantage, so each informative group weighs more, and the KL term no longer acts on the others.
+        keep = informative if config.drop_degenerate else torch.ones_like(informative)
+        row = _update(policy, reference, optimizer, samples.subset(keep), advantages[keep], config) \
+            if keep.any() else {}
+        schedule.step()
         correct = score(samples, accuracy_reward)
         trained_s += time.perf_counter() - started
         rows.append({"step": step + 1, "reward": rewards.mean().item(), "accuracy": correct.mean().item(),

@@ -92,6 +92,9 @@ def sft_then_grpo(recipe: Recipe, tokenizer: PreTrainedTokenizerFast, train: lis
     if snapshot_step is not None and not 1 <= snapshot_step <= recipe.grpo.steps:
         raise ValueError(f"snapshot_step={snapshot_step}: need 1 ≤ snapshot_step ≤ the GRPO steps, "
                          f"{recipe.grpo.steps}")
+    if snapshot_step is not None and recipe.grpo.min_lr_ratio != 1:
+        raise ValueError("a snapshot equals a shorter run only at a constant learning rate: "
+                         f"min_lr_ratio={recipe.grpo.min_lr_ratio}, need 1")
 
     def seed_run(seed: int) -> tuple[list[dict], pd.DataFrame, DeepSeekLM, DeepSeekLM, DeepSeekLM | None]:
         scores, snapshots = [], {}

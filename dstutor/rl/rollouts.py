@@ -39,6 +39,12 @@ class Rollouts:
         """Completion length of each row in tokens (eos included)."""
         return self.mask.sum(dim=1)
 
+    def subset(self, rows: torch.Tensor) -> Rollouts:
+        """The rows where the boolean `rows` is true (whole groups keep group_size; the count of work stays)."""
+        chosen = rows.nonzero().flatten().tolist()
+        return Rollouts(self.sequences[rows], self.mask[rows], [self.texts[i] for i in chosen],
+                        [self.problems[i] for i in chosen], self.group_size, self.decoded_tokens)
+
 
 @torch.no_grad()
 def rollout(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, problems: list[Problem], group_size: int,
