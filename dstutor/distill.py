@@ -22,8 +22,7 @@ from dstutor.rl.rollouts import rejection_sample, rollout
 from dstutor.rl.tasks import Problem, as_pairs
 from dstutor.train.runner import run_jobs
 from dstutor.timing import interleaved_seconds
-
-IGNORE = -100
+from dstutor.train.evaluation import IGNORE_INDEX
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
@@ -36,7 +35,7 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
         raise ValueError(f"student and teacher logits differ in shape: {tuple(student_logits.shape)} vs "
                          f"{tuple(teacher_logits.shape)} (the two models must share a vocabulary)")
     targets = labels[:, 1:]
-    keep = targets != IGNORE
+    keep = targets != IGNORE_INDEX
     student, teacher = student_logits[:, :-1][keep].float(), teacher_logits[:, :-1][keep].float()
     kl = F.kl_div(F.log_softmax(student / temperature, dim=-1), F.log_softmax(teacher / temperature, dim=-1),
                   log_target=True, reduction="batchmean") * temperature ** 2
@@ -72,7 +71,7 @@ class Distiller(nn.Module):
         # The loss reads a row's logits up to the position before its last graded label. Under causal
         # attention they depend on that prefix alone, so the prefix is the key: it stays the same when
         # batches are cut to different widths. Positions past it are never read and stay 0.
-        graded = labels[:, 1:] != IGNORE
+        graded = labels[:, 1:] != IGNORE_INDEX
         ends = [int(row.nonzero().max()) + 1 if row.any() else 0 for row in graded]
         keys = [ids[:end].numpy().tobytes() for ids, end in zip(input_ids, ends)]
         new = [i for i, key in enumerate(keys) if key not in self.memo]

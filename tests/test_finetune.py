@@ -16,8 +16,9 @@ from dstutor.finetune.methods import Method, finetune
 from dstutor.finetune.multitask import TASKS, MultiTaskModel, paired_tasks
 from dstutor.finetune.padding import TrimmedLoader, trim_padding
 from dstutor.data.tokenizer import chat_prompt
-from dstutor.finetune.sft import IGNORE, answer, answers, encode_sft, sampling_repetition, sft_example
+from dstutor.finetune.sft import answer, answers, encode_sft, sampling_repetition, sft_example
 from dstutor.train import TrainConfig
+from dstutor.train.evaluation import IGNORE_INDEX
 from tiny import tiny_lm
 
 
@@ -135,8 +136,8 @@ def test_answer_only_mask(tokenizer):
     example = sft_example(tokenizer, "画蛇添足是什么意思？", "多此一举。", max_len=48)
     question = chat_prompt(tokenizer, "画蛇添足是什么意思？")
     labels, ids = example["labels"], example["input_ids"]
-    assert labels[:len(question)] == [IGNORE] * len(question)
-    reply = [t for t in labels if t != IGNORE]
+    assert labels[:len(question)] == [IGNORE_INDEX] * len(question)
+    reply = [t for t in labels if t != IGNORE_INDEX]
     assert tokenizer.decode(reply) == "多此一举。" + tokenizer.eos_token
     assert ids[len(question):len(question) + len(reply)] == reply and len(ids) == len(labels) == 48
     unmasked = sft_example(tokenizer, "画蛇添足是什么意思？", "多此一举。", max_len=48, mask_prompt=False)
@@ -218,7 +219,7 @@ def test_trimmed_batches_keep_every_loss_and_prediction(tokenizer):
     for masked in (True, False):
         sft = encode_sft(pairs, tokenizer, 48, mask_prompt=masked).with_format("torch")[:]
         short = trim_padding(sft)
-        longest = max(int((row != IGNORE).nonzero().max()) + 1 for row in sft["labels"])
+        longest = max(int((row != IGNORE_INDEX).nonzero().max()) + 1 for row in sft["labels"])
         assert short["input_ids"].shape[1] == short["labels"].shape[1] == longest < 48
         torch.testing.assert_close(model(**short).main_loss, model(**sft).main_loss)
     cls = classification_data(tokenizer, 8).with_format("torch")[:]

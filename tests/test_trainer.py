@@ -169,3 +169,27 @@ def test_the_trainer_logs_what_the_output_names_and_refuses_an_output_without_th
 
     with pytest.raises(TypeError, match="Untyped returned a SimpleNamespace.*loss.*main_loss.*logged.*TrainOutput"):
         Trainer(steps=1, progress=False, eval_every=0).fit(Untyped(), pattern_batches(1))
+
+
+def test_held_out_loss_weights_every_graded_token_once_whatever_the_batching():
+    from dstutor.train import mean_loss
+    from dstutor.train.evaluation import graded_predictions
+    torch.manual_seed(0)
+    model = tiny_model().eval()
+    blocks = torch.randint(0, 64, (7, 12))
+    with torch.no_grad():
+        logits = model(blocks).logits[:, :-1]
+        every_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), blocks[:, 1:]).item()
+    # 7 blocks in batches of 3, 3, 1: a mean of batch means would give the last block a third of the weight
+    assert mean_loss(model, blocks.split(3)) == pytest.approx(every_token, rel=1e-5)
+    assert mean_loss(model, blocks.split(7)) == pytest.approx(every_token, rel=1e-5)
+    # SFT-style labels: only the labelled next tokens count, so a batch with one graded token weighs one token
+    labels = blocks.clone()
+    labels[:3, :-1] = -100  # rows 0–2 grade their last token only
+    with torch.no_grad():
+        graded = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels[:, 1:], ignore_index=-100).item()
+    batches = [{"input_ids": blocks[:3], "labels": labels[:3]}, {"input_ids": blocks[3:], "labels": labels[3:]}]
+    assert [graded_predictions(b) for b in batches] == [3, 4 * 11]
+    assert mean_loss(model, batches) == pytest.approx(graded, rel=1e-5)
+    with pytest.raises(ValueError, match="no batches"):
+        mean_loss(model, [])

@@ -20,7 +20,9 @@ from opacus.validators import ModuleValidator
 from scipy.special import gammaln, logsumexp
 from torch import nn
 
+from dstutor.continual.ewc import per_sample_gradients
 from dstutor.env import seed_everything
+from dstutor.train import mean_loss
 
 # Rényi orders searched for the tightest ε (integers: the closed-form sum below is exact for them).
 ORDERS = tuple(range(2, 256))
@@ -52,17 +54,6 @@ def rdp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: 
     eps = steps * rdp - (math.log(delta) + np.log(alphas)) / (alphas - 1) + np.log((alphas - 1) / alphas)
     best = int(np.nanargmin(eps))
     return max(float(eps[best]), 0.0), int(orders[best])
-
-
-def per_sample_gradients(model: nn.Module, batch: torch.Tensor) -> list[list[torch.Tensor]]:
-    """The next-token-loss gradient of every example on its own: one list (over trainable params) per example."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads = []
-    for ids in batch:
-        loss = model(ids[None], labels=ids[None]).loss
-        found = torch.autograd.grad(loss, params, allow_unused=True)
-        grads.append([torch.zeros_like(p) if g is None else g for p, g in zip(params, found)])
-    return grads
 
 
 def summed_gradient(model: nn.Module, batch: torch.Tensor) -> list[torch.Tensor]:
@@ -121,9 +112,7 @@ def dp_finetune(model: nn.Module, train_blocks: torch.Tensor, val_blocks: torch.
         for p, g in zip(params, gradient):
             p.grad = g
         optimizer.step()
-    model.eval()
-    with torch.no_grad():
-        val_loss = float(np.mean([model(ids, labels=ids).main_loss.item() for ids in val_blocks.split(32)]))
+    val_loss = mean_loss(model, val_blocks.split(32))
     epsilon, order = rdp_epsilon(noise_multiplier, sample_rate, steps, delta)
     return {"val_loss": val_loss, "epsilon": epsilon, "order": order}
 

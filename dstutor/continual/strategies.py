@@ -23,7 +23,7 @@ from dstutor.continual.tasks import Task
 from dstutor.finetune.freezing import freeze, layer_index
 from dstutor.finetune.lora import add_lora
 from dstutor.models import DeepSeekLM
-from dstutor.train import TrainConfig, Trainer
+from dstutor.train import TrainConfig, Trainer, mean_loss
 from dstutor.train.runner import run_jobs
 
 FREEZING = ("none", "by_task", "bottom_half")
@@ -75,8 +75,8 @@ def block_losses(model: nn.Module, blocks: torch.Tensor, batch_size: int = 32) -
 
 
 def held_out_loss(model: nn.Module, blocks: torch.Tensor, batch_size: int = 32) -> float:
-    """Mean next-token loss over a task's held-out blocks."""
-    return float(block_losses(model, blocks, batch_size).mean())
+    """Mean next-token loss per token over a task's held-out blocks."""
+    return mean_loss(model, blocks.split(batch_size))
 
 
 def freeze_for_stage(model: nn.Module, strategy: Strategy, stage: int, stages: int) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import torch
 
-IGNORE = -100  # label value cross-entropy skips
+from dstutor.train.evaluation import IGNORE_INDEX
 
 
 def _width(batch: dict[str, torch.Tensor], prefix: str) -> int | None:
@@ -19,7 +19,7 @@ def _width(batch: dict[str, torch.Tensor], prefix: str) -> int | None:
         return int(batch[f"{prefix}last"].max()) + 1
     labels = batch.get(f"{prefix}labels")
     if labels is not None and labels.dim() == 2:
-        graded = (labels != IGNORE).any(0).nonzero()
+        graded = (labels != IGNORE_INDEX).any(0).nonzero()
         return int(graded.max()) + 1 if len(graded) else 1
     return None  # nothing says which columns are padding: keep them all
 

@@ -17,7 +17,8 @@ from transformers import PreTrainedTokenizerFast
 from dstutor.data.packing import block_loader
 from dstutor.data.sources import load_corpus
 from dstutor.data.tokenizer import chat_prompt
-from dstutor.finetune.padding import IGNORE, TrimmedLoader
+from dstutor.finetune.padding import TrimmedLoader
+from dstutor.train.evaluation import IGNORE_INDEX
 from dstutor.metrics import repeated_ngram_fraction
 from dstutor.models import DeepSeekLM
 from dstutor.train import TrainConfig, Trainer
@@ -55,9 +56,9 @@ def sft_example(tokenizer: PreTrainedTokenizerFast, prompt: str, answer: str, ma
         raise ValueError(f"the prompt is {len(question)} tokens, longer than the context max_len={max_len}: "
                          f"{prompt[:40]!r}…")
     ids = (question + reply)[:max_len]
-    labels = ([IGNORE] * len(question) if mask_prompt else question) + reply
+    labels = ([IGNORE_INDEX] * len(question) if mask_prompt else question) + reply
     padding = max_len - len(ids)
-    return {"input_ids": ids + [tokenizer.pad_token_id] * padding, "labels": labels[:max_len] + [IGNORE] * padding}
+    return {"input_ids": ids + [tokenizer.pad_token_id] * padding, "labels": labels[:max_len] + [IGNORE_INDEX] * padding}
 
 
 def encode_sft(pairs: pd.DataFrame, tokenizer: PreTrainedTokenizerFast, max_len: int,

@@ -16,6 +16,8 @@ from dstutor.models.config import DeepSeekConfig
 from dstutor.models.layers import RMSNorm, SwiGLU, rope_angles
 from dstutor.models.moe import DeepSeekMoE
 
+IGNORE_INDEX = -100  # the label value cross-entropy skips (prompt and padding positions)
+
 
 @dataclass
 class LMOutput:
@@ -227,9 +229,9 @@ def _next_token_loss(logits: torch.Tensor, labels: torch.Tensor, shift: int,
     """Cross-entropy of logits[:, i] against labels[:, i + shift] (labels of -100 are ignored)."""
     # Shift the labels, not the logits: slicing the (large) logits would make autograd allocate and
     # zero a full-size gradient buffer; the last `shift` positions get the ignore label instead.
-    targets = F.pad(labels[:, shift:], (0, shift), value=-100)
+    targets = F.pad(labels[:, shift:], (0, shift), value=IGNORE_INDEX)
     logits = logits[:, : labels.shape[1]]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100,
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX,
                            label_smoothing=label_smoothing)
 
 

@@ -21,6 +21,7 @@ from dstutor.multimodal.clip import DualEncoder, chance_recall, embed, recall_at
 from dstutor.multimodal.data import ImageSet, PairLoader, tokenize_captions
 from dstutor.multimodal.fusion import FusionMatcher, fused_similarity
 from dstutor.env import seed_everything
+from dstutor.models.model import IGNORE_INDEX
 from dstutor.train import TrainConfig, Trainer
 from dstutor.train.runner import run_jobs
 
@@ -115,7 +116,7 @@ def fit_staged(model: DualEncoder, train: dict[str, torch.Tensor], val: dict[str
 def caption_labels(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
     """Next-token labels for captions: the ids, with -100 after each caption's last real token."""
     positions = torch.arange(tensors["input_ids"].shape[1])
-    return tensors["input_ids"].masked_fill(positions > tensors["last"][:, None], -100)
+    return tensors["input_ids"].masked_fill(positions > tensors["last"][:, None], IGNORE_INDEX)
 
 
 def pair_similarity(model: DualEncoder | FusionMatcher, pixels: torch.Tensor, input_ids: torch.Tensor,

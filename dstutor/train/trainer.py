@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from dstutor.data.packing import batch_stream
 from dstutor.env import choose_device, seed_everything
 from dstutor.train import distributed
+from dstutor.train.evaluation import mean_loss
 from dstutor.train.checkpoint import load_latest_checkpoint, save_checkpoint
 from dstutor.train.schedules import lr_multiplier
 
@@ -326,20 +327,10 @@ class Trainer:
             terms[name] = terms.get(name, 0.0) + float(value) / cfg.accumulation  # means over the micro-batches
         return terms, tokens + sum(t.numel() for t in _input_ids(ids))
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, val: Iterable[torch.Tensor]) -> dict[str, float]:
-        """Mean next-token loss over up to eval_batches batches, and its perplexity, on the model's own device."""
-        model.eval()
+        """Mean next-token loss per graded token over up to eval_batches batches, and its perplexity (model's device)."""
         device = next(model.parameters()).device  # after fit() that is the trainer's; a caller's model may be elsewhere
-        losses = []
-        for ids in itertools.islice(val, self.config.eval_batches):
-            ids = {k: v.to(device) for k, v in ids.items()} if isinstance(ids, dict) else ids.to(device)
-            with self._autocast(device):
-                out = model(**ids) if isinstance(ids, dict) else model(ids, labels=ids)
-                losses.append(out.main_loss.item())
-        if not losses:
-            raise ValueError("the validation data yielded no batches")
-        loss = sum(losses) / len(losses)
+        loss = mean_loss(model, itertools.islice(val, self.config.eval_batches), lambda: self._autocast(device))
         return {"val_loss": loss, "val_ppl": math.exp(loss)}
 
 
