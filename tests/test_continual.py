@@ -152,6 +152,25 @@ def test_freezing_by_task_leaves_frozen_weights_bit_identical():
     assert {n.split(".")[2] for n, p in model.named_parameters() if not p.requires_grad} == {"2"}
 
 
+def test_fisher_is_the_mean_of_per_example_squared_gradients():
+    model = tiny_lm()
+    blocks = pattern_task("t", 0, 8, 0).train[:6]
+    expected = {}
+    for ids in blocks:
+        model.zero_grad()
+        model(ids[None], labels=ids[None]).loss.backward()
+        for name, p in model.named_parameters():
+            expected[name] = expected.get(name, 0) + (p.grad if p.grad is not None else torch.zeros_like(p)) ** 2 / 6
+    fisher = fisher_diagonal(model, list(blocks.split(4)))  # batches of 4 and 2: the batching must not matter
+    assert all(torch.allclose(fisher[name], expected[name], rtol=1e-4, atol=1e-12) for name in fisher)
+    model.zero_grad()
+    model(blocks, labels=blocks).loss.backward()  # the old estimate: the batch-mean gradient, squared
+    squared_mean = sum((p.grad ** 2).sum() for p in model.parameters() if p.grad is not None)
+    assert sum(f.sum() for f in fisher.values()) > squared_mean  # Jensen: E[g²] ≥ (E g)², equal only if all g agree
+    with pytest.raises(ValueError, match="at least one example"):
+        fisher_diagonal(model, [])
+
+
 def test_ewc_penalty_is_zero_at_the_anchor_and_holds_weights_back():
     model = tiny_lm()
     blocks = pattern_task("t", 0, 32, 0).train

@@ -16,20 +16,34 @@ def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
 
 
+def per_sample_gradients(model: nn.Module, batch: torch.Tensor) -> list[list[torch.Tensor]]:
+    """The next-token-loss gradient of every example on its own: one list (over trainable params) per example."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = []
+    for ids in batch:
+        loss = model(ids[None], labels=ids[None]).loss
+        found = torch.autograd.grad(loss, params, allow_unused=True)
+        grads.append([torch.zeros_like(p) if g is None else g for p, g in zip(params, found)])
+    return grads
+
+
 def fisher_diagonal(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Mean squared gradient of the next-token loss per weight, over `batches` (one gradient per batch)."""
-    if not batches:
-        raise ValueError("the Fisher estimate needs at least one batch")
+    """Empirical Fisher diagonal E_x[(∂ loss(x) / ∂θ)²]: each example's (block's) own gradient, squared, then averaged.
+
+    Squaring the gradient of a batch's mean loss instead, (E g)², lets the examples' disagreements cancel
+    and comes out smaller by up to the batch size.
+    """
+    examples = sum(len(batch) for batch in batches)
+    if not examples:
+        raise ValueError("the Fisher estimate needs at least one example")
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
     fisher = {name: torch.zeros_like(p) for name, p in model.named_parameters() if p.requires_grad}
     was_training = model.training
     model.eval()  # no dropout: the Fisher of the model as it will be used
-    for ids in batches:
-        model.zero_grad(set_to_none=True)
-        model(ids, labels=ids).loss.backward()
-        for name, p in model.named_parameters():
-            if p.grad is not None:
-                fisher[name] += p.grad.detach() ** 2 / len(batches)
-    model.zero_grad(set_to_none=True)
+    for batch in batches:
+        for grads in per_sample_gradients(model, batch):
+            for name, g in zip(names, grads):
+                fisher[name] += g.detach() ** 2 / examples
     model.train(was_training)
     return fisher
 
