@@ -1,7 +1,7 @@
-"""`dstutor` on the command line, for runs outside notebooks.
+"""`dstutor pretrain`: pretraining outside notebooks, with checkpoints, resume and torchrun.
 
     dstutor pretrain --preset nano --steps 2000 --out runs/nano [--resume]
-    torchrun --nproc_per_node=2 -m dstutor.cli pretrain --distributed fsdp --preset nano --steps 200 --out runs/fsdp
+    torchrun --nproc_per_node=2 -m dstutor pretrain --distributed fsdp --preset nano --steps 200 --out runs/fsdp
 """
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import os
 import sys
 from pathlib import Path
 
+HELP = "pretrain a model preset on the course corpus"
 
-def pretrain(args: argparse.Namespace) -> int:
+
+def run(args: argparse.Namespace) -> int:
     """Pretrain a preset on the course corpus with checkpoints; write a transformers checkpoint at the end."""
     import torch
 
@@ -56,10 +58,8 @@ def pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dstutor", description="dstutor: train DeepSeek-style models.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("pretrain", help="pretrain a model preset on the course corpus")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `dstutor pretrain`."""
     p.add_argument("--preset", choices=["nano", "micro", "small"], default="nano", help="model size")
     p.add_argument("--steps", type=int, required=True, help="optimiser steps in total")
     p.add_argument("--out", required=True, help="run folder: checkpoints/, history.csv, model/")
@@ -73,9 +73,3 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--distributed", choices=["ddp", "fsdp"], default=None,
                    help="data parallel over the processes that torchrun starts")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    return {"pretrain": pretrain}[args.command](args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

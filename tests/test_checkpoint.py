@@ -129,7 +129,7 @@ def test_resume_needs_a_folder():
 
 
 def cli(out, *extra):
-    return [sys.executable, "-m", "dstutor.cli", "pretrain", "--preset", "nano", "--steps", "12", "--save-every", "2",
+    return [sys.executable, "-m", "dstutor", "pretrain", "--preset", "nano", "--steps", "12", "--save-every", "2",
             "--eval-every", "6", "--batch-size", "4", "--quiet", "--out", str(out), *extra]
 
 
@@ -158,5 +158,5 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
 
 
 def test_cli_help():
-    result = subprocess.run([sys.executable, "-m", "dstutor.cli", "pretrain", "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "dstutor", "pretrain", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--resume" in result.stdout and "--preset" in result.stdout

@@ -8,9 +8,11 @@ import argparse
 import sys
 from pathlib import Path
 
+HELP = "serve a checkpoint with an OpenAI-compatible API"
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dstutor serve", description="Serve a checkpoint with an OpenAI-compatible API.")
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `dstutor serve`."""
     p.add_argument("--model", required=True, help="checkpoint folder (RUN/model as `dstutor pretrain` writes it)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (loopback by default)")
     p.add_argument("--port", type=int, default=8000)
@@ -19,13 +21,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-wait-ms", type=float, default=10, help="how long the first request waits for company")
     p.add_argument("--cache-size", type=int, default=1024, help="answers kept by the in-process LRU cache (0: off)")
     p.add_argument("--redis-url", default=None, help="cache answers in this Redis instead, e.g. redis://127.0.0.1:6379/0")
-    return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse the options (after the word `serve`, if given) and serve until interrupted."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(argv[1:] if argv[:1] == ["serve"] else argv)
+def run(args: argparse.Namespace) -> int:
+    """Serve the checkpoint until interrupted (2: the model or the cache could not be opened)."""
     import uvicorn
 
     from dstutor.serve.api import create_app
@@ -48,6 +47,3 @@ def main(argv: list[str] | None = None) -> int:
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -51,7 +51,7 @@ class ServerProcess(_Process):
                  cache_size: int = 1024, redis_url: str | None = None, log: Path | None = None):
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.args = [sys.executable, "-m", "dstutor.serve.cli", "--model", str(model), "--port", str(self.port),
+        self.args = [sys.executable, "-m", "dstutor", "serve", "--model", str(model), "--port", str(self.port),
                      "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--cache-size", str(cache_size)]
         self.args += ["--redis-url", redis_url] if redis_url else []
         self.log = log
