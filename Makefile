@@ -70,9 +70,9 @@ test-fast: install
 check-site: install chromium
 	$(PY) -m pytest tests/test_site.py -m site --site=book/_build/html
 
-# Project-local Jupyter config: chapters open as notebooks, no news prompt (dstutor/lab.py).
+# Project-local Jupyter config: chapters open as notebooks, no news prompt (dstutor_book/lab.py).
 lab: install
-	$(PY) -m dstutor.lab $(CURDIR)/.jupyter
+	$(PY) -m dstutor_book.lab $(CURDIR)/.jupyter
 	cd notebooks && JUPYTER_CONFIG_DIR=$(CURDIR)/.jupyter ../$(VENV)/bin/jupyter lab --allow-root
 
 clean:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from dstutor.chapters import REPO_ROOT, chapter_paths
-from dstutor.execution import (ChapterError, execute_chapter, is_current, record_runtime, refresh_text,
+from dstutor_book.execution import (ChapterError, execute_chapter, is_current, record_runtime, refresh_text,
                                 save_executed)
 from dstutor.claims import sources_table
 from dstutor.env import choose_device

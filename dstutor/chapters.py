@@ -1,7 +1,7 @@
 """The course's chapters: where they are, their titles, and the runtimes `make book` recorded.
 
 Chapters import this module (each opens with `runtime_note`), so it holds only what they read: the
-machinery that executes them lives in `dstutor.execution`, and changing it re-runs no chapter.
+machinery that executes them lives in `dstutor_book.execution`, and changing it re-runs no chapter.
 """
 from __future__ import annotations
 

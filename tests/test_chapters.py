@@ -8,7 +8,8 @@ import time
 import nbformat
 import pytest
 
-from dstutor import chapters, execution
+from dstutor import chapters
+from dstutor_book import execution
 
 CHAPTER = textwrap.dedent('''\
     ---

@@ -1,10 +1,11 @@
-"""dstutor.dependencies: a chapter's hash covers the code it can run and the results it reads, and only those."""
+"""dstutor_book.dependencies: a chapter's hash covers the code it can run and the results it reads, and only those."""
 import shutil
 import textwrap
 
 import pytest
 
-from dstutor import chapters, dependencies, execution
+from dstutor import chapters
+from dstutor_book import dependencies, execution
 
 
 def fake_package(tmp_path, monkeypatch):

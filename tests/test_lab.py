@@ -16,8 +16,8 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from dstutor.chapters import NOTEBOOK_DIR
-from dstutor.execution import read_chapter
-from dstutor.lab import write_lab_settings
+from dstutor_book.execution import read_chapter
+from dstutor_book.lab import write_lab_settings
 from site_check import collapsed_solution_problems
 
 pytestmark = pytest.mark.lab

@@ -7,8 +7,8 @@ import ast
 import pytest
 
 from dstutor.chapters import REPO_ROOT, chapter_paths
-from dstutor.execution import ChapterError, execute_chapter, missing_figures, read_chapter, save_executed
-from dstutor.prose_check import typed_quantities
+from dstutor_book.execution import ChapterError, execute_chapter, missing_figures, read_chapter, save_executed
+from dstutor_book.prose_check import typed_quantities
 
 SMOKE_BOOK_CHAPTERS = REPO_ROOT / "build" / "smoke-book" / "chapters"
 

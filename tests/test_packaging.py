@@ -43,3 +43,13 @@ def test_every_module_imports_only_the_layers_below_it():
     result = subprocess.run([str(linter), "--config", str(REPO_ROOT / "pyproject.toml")], cwd=REPO_ROOT,
                             env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_the_course_package_loads_no_notebook_machinery():
+    # The chapter executor, prose check and Lab settings are the book's tooling (dstutor_book), not the reader's.
+    code = "import sys, dstutor.train, dstutor.chapters; print(sorted(m for m in sys.modules if m.split('.')[0] in " \
+           "('nbclient', 'nbformat', 'jupytext', 'dstutor_book')))"
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == "[]"
+    assert not any((REPO_ROOT / "dstutor" / f"{name}.py").exists() for name in ("execution", "dependencies", "prose_check"))

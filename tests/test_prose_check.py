@@ -1,7 +1,7 @@
 """The typed-quantity check: measured numbers in prose must come from a cell's output."""
 import nbformat.v4 as v4
 
-from dstutor.prose_check import typed_quantities
+from dstutor_book.prose_check import typed_quantities
 
 
 def chapter(markdown: str, output: str = "") -> "nbformat.NotebookNode":  # noqa: F821

@@ -12,7 +12,7 @@ import functools
 import re
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1] / "dstutor"  # the course package the chapters import
 PACKAGE = PACKAGE_DIR.name
 # Module names written as strings, e.g. `torchrun -m dstutor.cli` started from a chapter.
 DOTTED_NAME = re.compile(rf"\b{PACKAGE}(?:\.\w+)+")

@@ -25,7 +25,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 from dstutor.chapters import REPO_ROOT, RUNTIMES_FILE
-from dstutor.dependencies import code_fingerprint, notebook_code, package_files, results_read
+from dstutor_book.dependencies import code_fingerprint, notebook_code, package_files, results_read
 
 ANSI_COLOURS = re.compile(r"\x1b\[[0-9;]*m")  # IPython colours tracebacks; reports are plain text
 
