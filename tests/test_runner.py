@@ -60,3 +60,11 @@ def test_an_odd_last_run_runs_in_this_process_with_every_thread():
     places = run_jobs(where, [0, 1, 2], workers=2)
     assert places[2] == (os.getpid(), torch.get_num_threads())  # the last round of one: here, all threads
     assert all(pid != os.getpid() for pid, _ in places[:2])
+
+
+def test_a_timing_taken_by_shared_workers_says_so(monkeypatch):
+    from dstutor.train.runner import shared_cores_note
+    monkeypatch.setenv("DSTUTOR_WORKERS", "2")
+    assert shared_cores_note() == " (2 runs at a time shared the cores: a rough clock)"
+    monkeypatch.setenv("DSTUTOR_WORKERS", "1")
+    assert shared_cores_note() == ""

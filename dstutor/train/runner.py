@@ -38,6 +38,12 @@ def default_workers() -> int:
     return 1 if gpu or (os.cpu_count() or 1) < 2 or "fork" not in multiprocessing.get_all_start_methods() else 2
 
 
+def shared_cores_note() -> str:
+    """The clause a timing taken inside run_jobs needs, " (N runs at a time shared the cores: a rough clock)"; "" alone."""
+    workers = default_workers()
+    return f" ({workers} runs at a time shared the cores: a rough clock)" if workers > 1 else ""
+
+
 def _start_worker(threads: int) -> None:
     torch.set_num_threads(threads)  # before the first op: two workers must not oversubscribe the cores
     draw = tqdm_std.tqdm.__init__
