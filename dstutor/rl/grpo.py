@@ -52,7 +52,8 @@ class GRPOConfig:
         """Raise ValueError naming the first field outside its allowed range."""
         rules = {"steps": self.steps >= 1, "prompts_per_step": self.prompts_per_step >= 1,
                  "group_size": self.group_size >= 2, "lr": self.lr > 0, "clip_eps": 0 < self.clip_eps < 1,
-                 "beta": self.beta >= 0, "min_lr_ratio": 0 <= self.min_lr_ratio <= 1, "temperature": self.temperature > 0, "max_new_tokens": self.max_new_tokens >= 1,
+                 "beta": self.beta >= 0, "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
+                 "temperature": self.temperature > 0, "max_new_tokens": self.max_new_tokens >= 1,
                  "inner_steps": self.inner_steps >= 1, "warmup_steps": self.warmup_steps >= 0,
                  "time_limit_s": self.time_limit_s is None or self.time_limit_s > 0}
         for name, ok in rules.items():
