@@ -13,7 +13,7 @@ import pandas as pd
 
 from dstutor import zoo
 from dstutor.bench import save_results
-from dstutor.data.packing import block_loader
+from dstutor.data.packing import BlockLoader
 from dstutor.env import seed_everything
 from dstutor.models import DeepSeekConfig, DeepSeekLM, dense_baseline_config, parameter_counts
 from dstutor.train import TrainConfig, Trainer, fit_on_blocks
@@ -23,7 +23,7 @@ def seconds_per_step(config: DeepSeekConfig, blocks, batch: int, steps: int = 8)
     """Seconds per training step of a fresh model, timed after two warm-up steps."""
     seed_everything(0)
     model = DeepSeekLM(config)
-    loader = block_loader(blocks, batch, shuffle=True)
+    loader = BlockLoader(blocks, batch, shuffle=True)
     Trainer(steps=2, progress=False).fit(model, loader)
     start = time.perf_counter()
     Trainer(steps=steps, progress=False).fit(model, loader)

@@ -17,7 +17,7 @@ import torch
 
 from dstutor import zoo
 from dstutor.bench import save_results
-from dstutor.data.packing import block_loader
+from dstutor.data.packing import BlockLoader
 from dstutor.env import seed_everything
 from dstutor.models import DeepSeekConfig, DeepSeekLM
 from dstutor.train import TrainConfig, Trainer
@@ -51,7 +51,7 @@ def main() -> None:
     def run(kind: str) -> float:
         seed_everything(0)
         model = DeepSeekLM(config)
-        batches = block_loader(train_blocks, args.batch, shuffle=True, seed=0)
+        batches = BlockLoader(train_blocks, args.batch, shuffle=True, seed=0)
         start = time.perf_counter()
         if kind == "bare":
             bare_loop(model, batches, train)

@@ -1,11 +1,13 @@
 """dstutor.finetune: LoRA equals its formula and survives merge/save/load, freezing, masks, clear errors."""
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from peft import PeftModel
 
-from dstutor.data.packing import block_loader
+from dstutor.data.packing import BlockLoader
 from dstutor.data.tokenizer import train_tokenizer
 from dstutor.metrics import repeated_ngram_fraction
 from dstutor.finetune.classify import (LastTokenClassifier, classification_scores, encode_classification,
@@ -14,7 +16,7 @@ from dstutor.finetune.freezing import freeze, trainable_summary, training_step_c
 from dstutor.finetune.lora import add_lora, adapted_weights, lora_config
 from dstutor.finetune.methods import Method, finetune
 from dstutor.finetune.multitask import TASKS, MultiTaskModel, paired_tasks
-from dstutor.finetune.padding import TrimmedLoader, trim_padding
+from dstutor.finetune.padding import trim_padding
 from dstutor.data.tokenizer import chat_prompt
 from dstutor.finetune.sft import answer, answers, encode_sft, sampling_repetition, sft_example
 from dstutor.train import TrainConfig
@@ -153,6 +155,8 @@ def test_finetuning_bad_inputs(tokenizer):
         encode_classification(pd.DataFrame({"text": ["好评"], "label": [2]}), tokenizer, 8)
     with pytest.raises(ValueError, match="empty"):
         encode_classification(pd.DataFrame({"text": [], "label": []}), tokenizer, 8)
+    with pytest.raises(ValueError, match=r"text 1 \(''\) tokenises to nothing"):
+        encode_classification(pd.DataFrame({"text": ["好评", ""], "label": [1, 0]}), tokenizer, 8)
 
 
 def test_step_cost_reports_less_memory_when_frozen(tokenizer):
@@ -242,15 +246,18 @@ def test_predictions_come_back_in_the_order_of_the_examples(tokenizer):
     np.testing.assert_allclose(predict_proba(model, data, batch_size=5), expected, atol=1e-6)
 
 
-def test_trimmed_loader_streams_the_same_batches_trimmed(tokenizer):
-    data = classification_data(tokenizer, 16)
-    loader = block_loader(data, 4, shuffle=True, seed=1, fields=("input_ids", "last", "labels"))
-    trimmed, plain = TrimmedLoader(loader).stream(5), loader.stream(5)
-    for _ in range(6):
-        ours, theirs = next(trimmed), next(plain)
+def test_trimming_loader_streams_the_same_batches_trimmed(tokenizer):
+    frame = pd.DataFrame({"text": ["好评 hello world 多此一举", "差评", "hello", "好"] * 4, "label": [1, 0, 1, 0] * 4})
+    data = encode_classification(frame, tokenizer, max_len=40)
+    fields = ("input_ids", "last", "labels")
+    loader = BlockLoader(data, 4, shuffle=True, seed=1, fields=fields)
+    trimming = BlockLoader(data, 4, shuffle=True, seed=1, fields=fields, transform=trim_padding)
+    pairs = [*zip(trimming.stream(5), itertools.islice(loader.stream(5), 6)), *zip(trimming, loader, strict=True)]
+    for ours, theirs in pairs:
+        assert ours["input_ids"].shape[1] == int(theirs["last"].max()) + 1 < 40  # trimmed, as far as the batch allows
         assert torch.equal(ours["input_ids"], theirs["input_ids"][:, :ours["input_ids"].shape[1]])
         assert torch.equal(ours["labels"], theirs["labels"])
-    assert len(TrimmedLoader(loader)) == len(loader) and len(list(TrimmedLoader(loader))) == len(loader)
+    assert len(trimming) == len(loader) == 4 and len(list(trimming)) == len(loader)
 
 
 def test_sampling_repetition_in_batches_equals_one_prompt_at_a_time(tokenizer):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dstutor import zoo
-from dstutor.multimodal import (ConvEncoder, DualEncoder, FusionMatcher, PairLoader, Stages, TextEncoder, TinyViT, chance_recall,
+from dstutor.multimodal import (ConvEncoder, DualEncoder, FusionMatcher, Stages, TextEncoder, TinyViT, chance_recall,
                                 clip_loss, digit_images, encode_pairs, fit_clip, fit_staged, recall_at_k,
                                 retrieval_scores, retrieve_images, shape_images, split_pairs, text_config,
                                 zero_shot_accuracy)
@@ -85,8 +85,6 @@ def test_bad_inputs_raise_clear_errors():
     model = DualEncoder(encoder, TextEncoder(text_config(50)), dim=8)
     with pytest.raises(ValueError, match="3 images but 2 captions"):
         model(torch.zeros(3, 1, 8, 8), torch.ones(2, 4, dtype=torch.long), torch.tensor([3, 3]))
-    with pytest.raises(ValueError, match="unequal length"):
-        PairLoader({"pixels": torch.zeros(3, 1), "input_ids": torch.zeros(2, 1)}, 2, shuffle=True)
     with pytest.raises(ValueError, match="norm must be one of"):
         DualEncoder(encoder, TextEncoder(text_config(50)), norm="batch")
     with pytest.raises(ValueError, match="patch size 3"):
@@ -97,26 +95,6 @@ def test_vit_and_cnn_give_one_feature_vector_per_image():
     pixels = torch.rand(5, 3, 24, 24)
     assert ConvEncoder(3, 24, features=32)(pixels).shape == (5, 32)
     assert TinyViT(3, 24, patch=4, features=32)(pixels).shape == (5, 32)
-
-
-def test_pair_loader_resumes_where_it_left_off():
-    tensors = {"pixels": torch.arange(10.0)[:, None], "input_ids": torch.arange(10)[:, None]}
-    loader = PairLoader(tensors, 3, shuffle=True, seed=7)
-    endless = loader.stream(0)
-    first = [next(endless)["input_ids"].flatten().tolist() for _ in range(7)]
-    assert [b["input_ids"].flatten().tolist() for b in [next(loader.stream(5))]] == [first[5]]
-    assert all(len(b) == 3 for b in first) and len(loader) == 3
-    assert len(set(sum(first[:3], []))) == 9  # one epoch: no pair twice
-
-
-def test_iterating_a_shuffled_pair_loader_again_gives_the_next_epoch():
-    tensors = {"pixels": torch.arange(10.0)[:, None], "input_ids": torch.arange(10)[:, None]}
-    loader, endless = PairLoader(tensors, 3, shuffle=True, seed=7), PairLoader(tensors, 3, shuffle=True, seed=7).stream(0)
-    passes = [[b["input_ids"].flatten().tolist() for b in loader] for _ in range(2)]
-    assert passes[0] != passes[1]  # a second pass is a new order, not epoch 0 replayed
-    assert passes == [[next(endless)["input_ids"].flatten().tolist() for _ in range(3)] for _ in range(2)]
-    fixed = list(loader.epoch(0))  # what validation reads at every evaluation
-    assert [b["input_ids"].flatten().tolist() for b in fixed] == passes[0]
 
 
 class ColourTower(nn.Module):
@@ -221,8 +199,9 @@ def test_training_lifts_recall_well_above_chance():
     digits = digit_images()
     train, test = split_pairs(digits, seed=0)
     model = DualEncoder(ConvEncoder(1, 8), TextEncoder(text_config(len(tokenizer))), dim=32)
+    # 250 steps: at 150, seed 0's batch order left R@1 at 2.7 × chance; 250 clear both bars on seeds 0–3
     history = fit_clip(model, encode_pairs(train, digits, tokenizer), encode_pairs(test, digits, tokenizer),
-                       TrainConfig(steps=150, lr=1e-3, eval_every=0, progress=False, seed=0), batch_size=64)
+                       TrainConfig(steps=250, lr=1e-3, eval_every=0, progress=False, seed=0), batch_size=64)
     assert history.val_loss.iloc[-1] < math.log(64) - 0.5, history.val_loss.iloc[-1]  # below chance (duplicates set a floor near 2)
     scores = retrieval_scores(model, test, digits, tokenizer).set_index(["direction", "k"])
     top1 = scores.loc[("text→image", 1)]

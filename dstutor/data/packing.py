@@ -1,7 +1,8 @@
 """Text → fixed-length token blocks for language-model training; train/validation split by document.
 
-Loaders reach any batch position directly (epoch e is shuffled by (seed, e)), so a resumed run
-continues on the exact batches it would have seen without reading the ones before them.
+BlockLoader batches packed blocks, encoded fine-tuning examples and image–caption tensors alike. It
+reaches any batch position directly (epoch e is shuffled by (seed, e)), so a resumed run continues on
+the exact batches it would have seen without reading the ones before them.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import hashlib
 import itertools
 import math
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import datasets
 import numpy as np
@@ -45,67 +46,83 @@ def pack(dataset: datasets.Dataset, tokenizer: PreTrainedTokenizerFast, block_si
                        num_proc=num_proc, desc="packing")
 
 
-class BlockLoader:
-    """Batches (batch, block_size) of packed blocks; shuffled per epoch by (seed, epoch), read lazily from Arrow.
+Batch = torch.Tensor | dict[str, torch.Tensor]
 
-    With `fields` (e.g. ("input_ids", "labels")) a batch is a dict of those columns instead of the
-    input_ids tensor alone: how fine-tuning passes masked labels or class labels to the model.
+
+class BlockLoader:
+    """Seekable batches over an Arrow Dataset (packed blocks, encoded examples) or a dict of equal-length tensors.
+
+    Epoch e is shuffled by (seed, e); shuffled loaders drop the last partial batch, so every batch has
+    batch_size rows. A batch is the `input_ids` tensor, or with `fields` (e.g. ("input_ids", "labels")) a
+    dict of those columns. `transform` (e.g. dstutor.finetune.padding.trim_padding) maps every batch.
     """
 
-    def __init__(self, blocks: datasets.Dataset, batch_size: int, shuffle: bool, seed: int = 0,
-                 fields: tuple[str, ...] | None = None):
-        if batch_size < 1 or len(blocks) < (batch_size if shuffle else 1):
-            raise ValueError(f"batch_size={batch_size} with {len(blocks)} blocks: need batch_size ≥ 1 and, "
+    def __init__(self, data: datasets.Dataset | Mapping[str, torch.Tensor], batch_size: int, shuffle: bool,
+                 seed: int = 0, fields: tuple[str, ...] | None = None,
+                 transform: Callable[[Batch], Batch] | None = None):
+        if isinstance(data, datasets.Dataset):
+            columns, n = data.column_names, len(data)
+        else:
+            lengths = {name: len(t) for name, t in data.items()}
+            if len(set(lengths.values())) > 1:
+                raise ValueError(f"tensors of unequal length: {lengths}")
+            columns, n = list(data), next(iter(lengths.values()), 0)
+        if batch_size < 1 or n < (batch_size if shuffle else 1):
+            raise ValueError(f"batch_size={batch_size} with {n} rows: need batch_size ≥ 1 and, "
                              "when shuffling (the last partial batch is dropped), at least one full batch")
-        missing = set(fields or ()) - set(blocks.column_names)
+        names = list(fields or ("input_ids",))
+        missing = set(names) - set(columns)
         if missing:
-            raise ValueError(f"fields {sorted(missing)} are not columns of the data {blocks.column_names}")
-        self.blocks, self.batch_size, self.shuffle, self.seed = blocks.with_format("torch"), batch_size, shuffle, seed
-        self.fields = fields
+            raise ValueError(f"fields {sorted(missing)} are not columns of the data {columns}"
+                             + ("" if fields else ": name the columns a batch holds with fields=(...)"))
+        # only the columns a batch returns are read (Arrow) or kept (tensors)
+        self.data = (data.with_format("torch", columns=names) if isinstance(data, datasets.Dataset)
+                     else {name: data[name] for name in names})
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.fields, self.transform = fields, transform
         self.epochs_started = 0  # iter() walks epoch 0, 1, 2, … like a DataLoader reshuffling each epoch
         self._order: tuple[int, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         """Batches per epoch."""
-        n = len(self.blocks)
-        return n // self.batch_size if self.shuffle else math.ceil(n / self.batch_size)
+        return self.n // self.batch_size if self.shuffle else math.ceil(self.n / self.batch_size)
 
     def order(self, epoch: int) -> torch.Tensor:
-        """Block indices in the order epoch `epoch` reads them."""
+        """Row indices in the order epoch `epoch` reads them."""
         if not self.shuffle:
-            return torch.arange(len(self.blocks))
+            return torch.arange(self.n)
         if self._order is None or self._order[0] != epoch:
             seed = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0])
-            self._order = epoch, torch.randperm(len(self.blocks), generator=torch.Generator().manual_seed(seed))
+            self._order = epoch, torch.randperm(self.n, generator=torch.Generator().manual_seed(seed))
         return self._order[1]
 
-    def batch(self, epoch: int, index: int) -> torch.Tensor | dict[str, torch.Tensor]:
-        """Batch `index` of epoch `epoch`."""
-        rows = self.blocks[self.order(epoch)[index * self.batch_size:(index + 1) * self.batch_size].tolist()]
-        return {name: rows[name] for name in self.fields} if self.fields else rows["input_ids"]
+    def batch(self, epoch: int, index: int) -> Batch:
+        """Batch `index` of epoch `epoch`, transformed."""
+        rows = self.order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
+        if isinstance(self.data, datasets.Dataset):
+            columns = self.data[rows.tolist()]
+        else:
+            columns = {name: t[rows] for name, t in self.data.items()}
+        batch = {name: columns[name] for name in self.fields} if self.fields else columns["input_ids"]
+        return self.transform(batch) if self.transform else batch
 
-    def stream(self, start: int = 0) -> Iterator[torch.Tensor]:
+    def stream(self, start: int = 0) -> Iterator[Batch]:
         """Endless batches from global position `start` (epoch = start // len(self)), read from there on."""
         epoch, index = divmod(start, len(self))
         while True:
             yield from (self.batch(epoch, i) for i in range(index, len(self)))
             epoch, index = epoch + 1, 0
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def __iter__(self) -> Iterator[Batch]:
+        """One epoch; iterating again gives the next epoch, in the order stream() reads it."""
         epoch, self.epochs_started = self.epochs_started, self.epochs_started + 1
         return (self.batch(epoch, i) for i in range(len(self)))
-
-
-def block_loader(blocks: datasets.Dataset, batch_size: int, shuffle: bool, seed: int = 0,
-                 fields: tuple[str, ...] | None = None) -> BlockLoader:
-    """Batches of blocks as LongTensors (batch, block_size), or dicts of `fields`; shuffled loaders drop the last partial batch."""
-    return BlockLoader(blocks, batch_size, shuffle, seed, fields)
 
 
 def batch_stream(train: Iterable[torch.Tensor], start: int = 0) -> Iterator[torch.Tensor]:
     """Endless batches (epoch after epoch) from global batch position `start`, without reading skipped ones.
 
-    Loaders with a `stream(start)` method (dstutor.data.packing.block_loader) and sequences (lists) seek
+    Loaders with a `stream(start)` method (dstutor.data.packing.BlockLoader) and sequences (lists) seek
     directly; any other iterable can only be replayed, which a warning names.
     """
     if hasattr(train, "stream"):
@@ -116,7 +133,7 @@ def batch_stream(train: Iterable[torch.Tensor], start: int = 0) -> Iterator[torc
         return (train[i % len(train)] for i in itertools.count(start))
     if start:
         warnings.warn(f"resuming by replaying {start} batches: a {type(train).__name__} cannot seek; pass a "
-                      "list or dstutor.data.packing.block_loader(...) to resume without reading them", stacklevel=3)
+                      "list or dstutor.data.packing.BlockLoader(...) to resume without reading them", stacklevel=3)
     return itertools.islice(_repeat(train), start, None)
 
 

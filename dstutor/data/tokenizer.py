@@ -47,6 +47,20 @@ def chat_prompt(tokenizer: PreTrainedTokenizerFast, conversation: str | list[dic
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=tokenize, return_dict=False)
 
 
+def pad_right(texts: list[str], tokenizer: PreTrainedTokenizerFast,
+              max_len: int) -> tuple[list[list[int]], list[int]]:
+    """Token ids cut and right-padded to max_len, and each row's last real token index (what causal heads read)."""
+    if max_len < 1:
+        raise ValueError(f"max_len={max_len} leaves no room for a token")
+    if not texts:
+        raise ValueError("no texts to encode")
+    ids = [row[:max_len] for row in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+    empty = [i for i, row in enumerate(ids) if not row]
+    if empty:  # no real token: `last` would point at padding
+        raise ValueError(f"text {empty[0]} ({texts[empty[0]]!r}) tokenises to nothing (empty text)")
+    return [row + [tokenizer.pad_token_id] * (max_len - len(row)) for row in ids], [len(row) - 1 for row in ids]
+
+
 def token_labels(tokenizer: PreTrainedTokenizerFast, ids: list[int]) -> list[str]:
     """Readable label per token: its text with spaces as ␣ (a token holding part of a character shows �)."""
     return [tokenizer.decode([i]).replace(" ", "␣").replace("\n", "⏎") or "∅" for i in ids]

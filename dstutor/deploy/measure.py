@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from dstutor.data.packing import block_loader
+from dstutor.data.packing import BlockLoader
 from dstutor.deploy.int8 import model_bytes
 from dstutor.timing import interleaved_seconds
 
@@ -21,7 +21,7 @@ def lm_quality(model: nn.Module, blocks: datasets.Dataset, batches: int, batch_s
     """Next-token loss, perplexity and top-1 accuracy over the first `batches` batches of held-out blocks."""
     model.eval()
     loss = correct = count = 0.0
-    for ids in itertools.islice(block_loader(blocks, batch_size, shuffle=False), batches):
+    for ids in itertools.islice(BlockLoader(blocks, batch_size, shuffle=False), batches):
         logits = model(ids).logits[:, :-1].float()
         targets = ids[:, 1:]
         loss += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum"))

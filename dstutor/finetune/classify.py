@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from transformers import PreTrainedTokenizerFast
 
 from dstutor.data.sources import load_corpus
+from dstutor.data.tokenizer import pad_right
 from dstutor.finetune.padding import trim_padding
 from dstutor.metrics import accuracy, macro_f1
 from dstutor.models import DeepSeekLM
@@ -51,12 +52,8 @@ def encode_classification(frame: pd.DataFrame, tokenizer: PreTrainedTokenizerFas
     bad = frame.label[(frame.label < 0) | (frame.label >= n_classes)]
     if len(bad):
         raise ValueError(f"labels must lie in [0, {n_classes}); found {sorted(set(bad))[:5]}")
-    ids = [row[:max_len] for row in tokenizer(list(frame.text), add_special_tokens=False)["input_ids"]]
-    if not all(ids):
-        raise ValueError("an example tokenises to nothing (empty text)")
-    return datasets.Dataset.from_dict({
-        "input_ids": [row + [tokenizer.pad_token_id] * (max_len - len(row)) for row in ids],
-        "last": [len(row) - 1 for row in ids], "labels": frame.label.tolist()})
+    ids, last = pad_right(list(frame.text), tokenizer, max_len)
+    return datasets.Dataset.from_dict({"input_ids": ids, "last": last, "labels": frame.label.tolist()})
 
 
 @dataclass

@@ -15,12 +15,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from dstutor.data.packing import block_loader
+from dstutor.data.packing import BlockLoader
 from dstutor.env import seed_everything
 from dstutor.finetune.classify import LastTokenClassifier, classification_scores, predict_proba
 from dstutor.finetune.freezing import freeze, trainable_summary, training_step_cost
 from dstutor.finetune.lora import add_lora
-from dstutor.finetune.padding import TrimmedLoader
+from dstutor.finetune.padding import trim_padding
 from dstutor.models import DeepSeekLM
 from dstutor.train import TrainConfig, Trainer
 from dstutor.train.runner import run_jobs
@@ -54,9 +54,10 @@ def finetune(model: nn.Module, train: TrainConfig, train_data: datasets.Dataset,
     """Train model on fine-tuning examples (dict batches of `fields`, padding trimmed) and return the history."""
     if len(train_data) == 0:
         raise ValueError("the fine-tuning data is empty")
-    val = TrimmedLoader(block_loader(val_data, batch_size, shuffle=False, fields=fields)) if val_data is not None else None
-    return Trainer(train).fit(
-        model, TrimmedLoader(block_loader(train_data, batch_size, shuffle=True, seed=train.seed, fields=fields)), val)
+    val = (BlockLoader(val_data, batch_size, shuffle=False, fields=fields, transform=trim_padding)
+           if val_data is not None else None)
+    loader = BlockLoader(train_data, batch_size, shuffle=True, seed=train.seed, fields=fields, transform=trim_padding)
+    return Trainer(train).fit(model, loader, val)
 
 
 def language_model_of(model: nn.Module) -> DeepSeekLM:
@@ -68,7 +69,7 @@ def language_model_of(model: nn.Module) -> DeepSeekLM:
 def general_loss(model: nn.Module, blocks: datasets.Dataset, batches: int, batch_size: int = 16) -> float:
     """Next-token loss of the model's language model on general-corpus blocks: what fine-tuning forgot."""
     trainer = Trainer(TrainConfig(eval_batches=batches, progress=False))  # evaluates on the model's device
-    return trainer.evaluate(language_model_of(model), block_loader(blocks, batch_size, shuffle=False))["val_loss"]
+    return trainer.evaluate(language_model_of(model), BlockLoader(blocks, batch_size, shuffle=False))["val_loss"]
 
 
 def method_costs(methods: list[Method], base: DeepSeekLM, batch: dict[str, torch.Tensor]) -> pd.DataFrame:

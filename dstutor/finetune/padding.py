@@ -6,8 +6,6 @@ changes no logit that a loss or a prediction reads. It only saves the work of ru
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 
 from dstutor.train.evaluation import IGNORE_INDEX
@@ -37,19 +35,3 @@ def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             out[f"{prefix}labels"] = batch[f"{prefix}labels"][:, :width]
     return out
 
-
-class TrimmedLoader:
-    """A dict-batch loader (dstutor.data.packing.BlockLoader) whose batches go through trim_padding."""
-
-    def __init__(self, loader):
-        self.loader = loader
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        return map(trim_padding, self.loader)
-
-    def stream(self, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        """Endless trimmed batches from global position `start`, as the wrapped loader's stream (resume-safe)."""
-        return map(trim_padding, self.loader.stream(start))

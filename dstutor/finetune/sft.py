@@ -14,10 +14,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
-from dstutor.data.packing import block_loader
+from dstutor.data.packing import BlockLoader
 from dstutor.data.sources import load_corpus
 from dstutor.data.tokenizer import chat_prompt
-from dstutor.finetune.padding import TrimmedLoader
+from dstutor.finetune.padding import trim_padding
 from dstutor.train.evaluation import IGNORE_INDEX
 from dstutor.metrics import repeated_ngram_fraction
 from dstutor.models import DeepSeekLM
@@ -113,5 +113,5 @@ def sampling_repetition(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, p
 
 def answer_loss(model: nn.Module, data: datasets.Dataset, batch_size: int = 32) -> float:
     """Mean next-token loss on the labelled (answer) tokens of encoded SFT examples, over all of them."""
-    loader = TrimmedLoader(block_loader(data, batch_size, shuffle=False, fields=("input_ids", "labels")))
+    loader = BlockLoader(data, batch_size, shuffle=False, fields=("input_ids", "labels"), transform=trim_padding)
     return Trainer(TrainConfig(eval_batches=len(loader), progress=False)).evaluate(model, loader)["val_loss"]

@@ -14,6 +14,8 @@ import torch
 from sklearn.datasets import load_digits
 from transformers import PreTrainedTokenizerFast
 
+from dstutor.data.tokenizer import pad_right
+
 DIGITS_EN = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 DIGITS_ZH = "零一二三四五六七八九"
 # Training templates put the digit at the end and in the middle: a held-out phrasing may do either.
@@ -113,11 +115,8 @@ def split_pairs(images: ImageSet, test_share: float = 0.2, test_templates: tuple
 def tokenize_captions(captions: list[str], tokenizer: PreTrainedTokenizerFast,
                       max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids right-padded to max_len (batch, max_len) and the index of each caption's last token."""
-    ids = [row[:max_len] for row in tokenizer(list(captions), add_special_tokens=False)["input_ids"]]
-    if not ids or not all(ids):
-        raise ValueError("a caption tokenises to nothing (empty text), or there are no captions")
-    padded = [row + [tokenizer.pad_token_id] * (max_len - len(row)) for row in ids]
-    return torch.tensor(padded), torch.tensor([len(row) - 1 for row in ids])
+    ids, last = pad_right(captions, tokenizer, max_len)
+    return torch.tensor(ids), torch.tensor(last)
 
 
 def encode_pairs(pairs: pd.DataFrame, images: ImageSet, tokenizer: PreTrainedTokenizerFast,
@@ -127,46 +126,3 @@ def encode_pairs(pairs: pd.DataFrame, images: ImageSet, tokenizer: PreTrainedTok
         raise ValueError("no pairs to encode")
     input_ids, last = tokenize_captions(list(pairs.caption), tokenizer, max_len)
     return {"pixels": images.images[torch.tensor(pairs.image.values)], "input_ids": input_ids, "last": last}
-
-
-class PairLoader:
-    """Batches (dicts of tensors) over encoded pairs; `stream(start)` seeks, as the Trainer resumes.
-
-    Shuffled loaders reshuffle every epoch (seeded) and drop the last partial batch, so every
-    training batch has the same size and the same chance level ln(batch).
-    """
-
-    def __init__(self, tensors: dict[str, torch.Tensor], batch_size: int, shuffle: bool, seed: int = 0):
-        n = len(next(iter(tensors.values())))
-        if any(len(t) != n for t in tensors.values()):
-            raise ValueError(f"tensors of unequal length: { {k: len(t) for k, t in tensors.items()} }")
-        if batch_size < 1 or (shuffle and batch_size > n):
-            raise ValueError(f"batch_size must lie in [1, {n}] (the number of pairs), got {batch_size}")
-        self.tensors, self.batch_size, self.shuffle, self.seed, self.n = tensors, batch_size, shuffle, seed, n
-        self.per_epoch = n // batch_size if shuffle else -(-n // batch_size)
-        self.epochs_begun = 0
-
-    def _batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
-        order = (torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
-                 if self.shuffle else torch.arange(self.n))
-        rows = order[index * self.batch_size:(index + 1) * self.batch_size]
-        return {k: t[rows] for k, t in self.tensors.items()}
-
-    def __len__(self) -> int:
-        return self.per_epoch
-
-    def __iter__(self):
-        """One epoch; iterating again gives the next epoch, as stream() runs them."""
-        epoch, self.epochs_begun = self.epochs_begun, self.epochs_begun + 1
-        return self.epoch(epoch)
-
-    def epoch(self, number: int):
-        """The batches of one epoch, in its (seeded) order."""
-        return (self._batch(number, i) for i in range(self.per_epoch))
-
-    def stream(self, start: int = 0):
-        """Endless batches from global batch position `start`, epoch after epoch."""
-        position = start
-        while True:
-            yield self._batch(position // self.per_epoch, position % self.per_epoch)
-            position += 1

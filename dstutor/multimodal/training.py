@@ -18,8 +18,9 @@ from torch import nn
 from transformers import PreTrainedTokenizerFast
 
 from dstutor.multimodal.clip import DualEncoder, chance_recall, embed, recall_at_k
-from dstutor.multimodal.data import ImageSet, PairLoader, tokenize_captions
+from dstutor.multimodal.data import ImageSet, tokenize_captions
 from dstutor.multimodal.fusion import FusionMatcher, fused_similarity
+from dstutor.data.packing import BlockLoader
 from dstutor.env import seed_everything
 from dstutor.models.model import IGNORE_INDEX
 from dstutor.train import TrainConfig, Trainer
@@ -77,16 +78,18 @@ class Stages:
 def fit_clip(model: DualEncoder | FusionMatcher, train: dict[str, torch.Tensor], val: dict[str, torch.Tensor],
              config: TrainConfig, batch_size: int) -> pd.DataFrame:
     """Contrastive training; validation loss on shuffled held-out batches of the same size (chance = ln B)."""
-    train_loader = PairLoader(train, batch_size, shuffle=True, seed=config.seed)
-    # the same shuffled held-out batches at every evaluation, so the curve compares like with like
-    val_loader = list(PairLoader(val, min(batch_size, len(val["pixels"])), shuffle=True, seed=12345).epoch(0))
+    train_loader = BlockLoader(train, batch_size, shuffle=True, seed=config.seed, fields=tuple(train))
+    # the same shuffled held-out batches at every evaluation (a fresh loader's first pass: epoch 0),
+    # so the curve compares like with like
+    val_loader = list(BlockLoader(val, min(batch_size, len(val["pixels"])), shuffle=True, seed=12345,
+                                  fields=tuple(val)))
     return Trainer(config).fit(model, train_loader, val_loader)
 
 
 def _stage(model: nn.Module, data: dict[str, torch.Tensor], config: TrainConfig, steps: int, batch_size: int,
            name: str) -> pd.DataFrame:
     history = Trainer(dataclasses.replace(config, steps=steps, eval_every=0)).fit(
-        model, PairLoader(data, batch_size, shuffle=True, seed=config.seed))
+        model, BlockLoader(data, batch_size, shuffle=True, seed=config.seed, fields=tuple(data)))
     return history.assign(stage=name)
 
 

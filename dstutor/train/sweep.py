@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 import datasets
 import pandas as pd
 
-from dstutor.data.packing import block_loader
+from dstutor.data.packing import BlockLoader
 from dstutor.env import seed_everything
 from dstutor.models import DeepSeekConfig, DeepSeekLM
 from dstutor.train.runner import run_jobs
@@ -21,8 +21,8 @@ def fit_on_blocks(model: DeepSeekLM, train: TrainConfig, train_blocks: datasets.
                   **fit_options) -> pd.DataFrame:
     """Train on packed blocks (shuffled by train.seed) with validation on val_blocks; the history."""
     return Trainer(train, callbacks=callbacks).fit(
-        model, block_loader(train_blocks, batch_size, shuffle=True, seed=train.seed),
-        block_loader(val_blocks, batch_size, shuffle=False), **fit_options)
+        model, BlockLoader(train_blocks, batch_size, shuffle=True, seed=train.seed),
+        BlockLoader(val_blocks, batch_size, shuffle=False), **fit_options)
 
 
 def train_variant(name: str, config: DeepSeekConfig, train: TrainConfig, train_blocks: datasets.Dataset,
