@@ -1,8 +1,8 @@
 """Pruning: L1 structured channel pruning of the feed-forward networks, and unstructured magnitude pruning.
 
-Structured (seed 000 §2.2): score every hidden channel of each SwiGLU (dense layers, shared and routed
+Structured ([Training essentials §2.2]): score every hidden channel of each SwiGLU (dense layers, shared and routed
 experts) by the L1 norm of its weights, drop channels below `threshold` × the mean, at most `step` of
-them per round; the matrices really shrink. Unstructured (seed 002 §四.1): zero the smallest |w|; the
+them per round; the matrices really shrink. Unstructured ([R1 fine-tuning §四.1]): zero the smallest |w|; the
 matrices keep their shape, so dense kernels do exactly the same work.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Real QAT (Jacob et al. 2018, §3) rounds each weight to the grid the deployed model will use, in every
 forward pass, and lets the gradient pass the rounding unchanged (the straight-through estimator), so
-training settles where rounding hurts least. Seed 000's `QuantAwareTraining` instead adds Gaussian
+training settles where rounding hurts least. [Training essentials]'s `QuantAwareTraining` instead adds Gaussian
 noise to the model's *input*: a regulariser that never sees the quantisation grid.
 """
 from __future__ import annotations
@@ -66,7 +66,7 @@ def fake_quantized(model: nn.Module, bits: int = 8) -> Iterator[nn.Module]:
 
 @contextmanager
 def input_noise(model: nn.Module, std: float = 0.1, seed: int = 0) -> Iterator[nn.Module]:
-    """Seed 000's recipe for an LM: Gaussian noise (std × N(0, 1)) on the token embeddings while training."""
+    """[Training essentials]'s recipe for an LM: Gaussian noise (std × N(0, 1)) on the token embeddings while training."""
     generator = torch.Generator().manual_seed(seed)
 
     def add_noise(module, inputs, output):
@@ -81,7 +81,7 @@ def input_noise(model: nn.Module, std: float = 0.1, seed: int = 0) -> Iterator[n
         handle.remove()
 
 
-RECIPES = ("fine-tune only", "seed 000: input noise", "QAT: fake-quant + STE")
+RECIPES = ("fine-tune only", "guide: input noise", "QAT: fake-quant + STE")
 
 
 def _fine_tune(base: nn.Module, recipe: str, bits: int | None, train_blocks: datasets.Dataset,
@@ -90,7 +90,7 @@ def _fine_tune(base: nn.Module, recipe: str, bits: int | None, train_blocks: dat
     model = copy.deepcopy(base).train()
     if recipe == "QAT: fake-quant + STE":
         treatment = fake_quantized(model, bits)
-    elif recipe == "seed 000: input noise":
+    elif recipe == "guide: input noise":
         treatment = input_noise(model, 0.1, seed)
     else:
         treatment = nullcontext(model)
@@ -107,7 +107,7 @@ def compare_qat(base: nn.Module, train_blocks: datasets.Dataset, val_blocks: dat
     """Fine-tune copies of `base` by each recipe per seed, then quantise to each of `bits`; one row per (bits, recipe, seed).
 
     Every recipe gets the same steps, data order and learning rate, so only the training-time
-    treatment differs: nothing, seed 000's input noise (std 0.1), or fake-quantised weights. The first
+    treatment differs: nothing, the guide's input noise (std 0.1), or fake-quantised weights. The first
     two never see the grid, so one fine-tuned model per seed serves every bit width; QAT trains once per width.
     """
     unknown = [r for r in recipes if r not in RECIPES]
