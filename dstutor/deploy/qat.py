@@ -16,12 +16,12 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
-from tqdm.auto import tqdm
 
 from dstutor.deploy.int8 import quantize_int8, quantize_rows
 from dstutor.deploy.measure import lm_quality
 from dstutor.models.moe import Experts
 from dstutor.train import TrainConfig, fit_on_blocks
+from dstutor.train.runner import run_jobs
 
 
 class FakeQuant(nn.Module):
@@ -115,14 +115,18 @@ def compare_qat(base: nn.Module, train_blocks: datasets.Dataset, val_blocks: dat
         raise ValueError(f"recipes must be some of {RECIPES}, got {list(recipes)}")
     runs = [(recipe, seed, trained_for) for recipe in recipes for seed in seeds
             for trained_for in (bits if recipe == RECIPES[-1] else [None])]
-    rows = []
-    for recipe, seed, trained_for in tqdm(runs, desc="QAT runs"):
+
+    def run(key: tuple[str, int, int | None]) -> list[dict]:
+        recipe, seed, trained_for = key
         model = _fine_tune(base, recipe, trained_for, train_blocks, val_blocks, steps, seed, lr, batch_size)
-        float_quality = lm_quality(model, val_blocks, eval_batches)
+        float_quality, rows = lm_quality(model, val_blocks, eval_batches), []
         for b in ([trained_for] if trained_for else bits):
             int_quality = lm_quality(quantize_int8(model, "weight", bits=b), val_blocks, eval_batches)
             rows.append({"recipe": recipe, "seed": seed, "bits": b, "fp32_loss": float_quality["loss"],
                          "quantized_loss": int_quality["loss"], "fp32_accuracy": float_quality["accuracy"],
                          "quantized_accuracy": int_quality["accuracy"]})
+        return rows
+
+    rows = [row for run_rows in run_jobs(run, runs, desc="QAT runs") for row in run_rows]
     order = {b: i for i, b in enumerate(bits)}  # rows by bit width as asked, then recipe, then seed
     return pd.DataFrame(sorted(rows, key=lambda r: (order[r["bits"]], RECIPES.index(r["recipe"]), r["seed"])))
