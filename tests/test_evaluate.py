@@ -243,3 +243,14 @@ def test_lineup_trains_the_models_asked_for(tokenizer):
     assert all(torch.equal(p, q) for p, q in zip(base.parameters(), before))  # the inputs stay unchanged
     with pytest.raises(ValueError, match=r"unknown lineup models \['RL'\]"):
         fine_tuned_lineup(base, start, tokenizer, pairs, 1, names=("SFT", "RL"))
+
+
+def test_lineup_distils_from_the_teacher_given_as_from_its_own_sft_model(tokenizer):
+    pairs = pd.DataFrame({"prompt": ["画蛇添足是什么意思？", "一心一意是什么意思？"] * 2, "answer": ["多此一举。", "专心。"] * 2})
+    base, start = tiny_lm(0), tiny_lm(1)
+    both = fine_tuned_lineup(base, start, tokenizer, pairs, 2, seed=3, names=("SFT", "distilled"))
+    given = fine_tuned_lineup(base, start, tokenizer, pairs, 2, seed=3, names=("distilled",), teacher=both["SFT"])
+    assert list(given) == ["distilled"]
+    assert all(torch.equal(p, q) for p, q in zip(given["distilled"].parameters(), both["distilled"].parameters()))
+    other = fine_tuned_lineup(base, start, tokenizer, pairs, 2, seed=3, names=("distilled",), teacher=tiny_lm(2))
+    assert not all(torch.equal(p, q) for p, q in zip(other["distilled"].parameters(), both["distilled"].parameters()))

@@ -22,10 +22,11 @@ LINEUP = ("SFT", "LoRA", "distilled")  # the fine-tuned models the lineup trains
 
 def fine_tuned_lineup(base: DeepSeekLM, student_start: DeepSeekLM, tokenizer: PreTrainedTokenizerFast,
                       pairs: pd.DataFrame, steps: int, seed: int = 0, sft_lr: float = 1e-3, lora_rank: int = 8,
-                      lora_lr: float = 3e-3, names: tuple[str, ...] = LINEUP) -> dict[str, DeepSeekLM]:
+                      lora_lr: float = 3e-3, names: tuple[str, ...] = LINEUP,
+                      teacher: DeepSeekLM | None = None) -> dict[str, DeepSeekLM]:
     """The `names` of {'SFT', 'LoRA', 'distilled'} trained for `steps` on the same pairs and seed; inputs stay unchanged.
 
-    The distilled student learns from this seed's SFT model, so asking for it trains SFT as well.
+    The distilled student learns from `teacher`, by default this seed's SFT model (then trained as well).
     """
     if steps < 1:
         raise ValueError(f"steps={steps}: need ≥ 1 training step")
@@ -33,7 +34,7 @@ def fine_tuned_lineup(base: DeepSeekLM, student_start: DeepSeekLM, tokenizer: Pr
     if unknown:
         raise ValueError(f"unknown lineup models {sorted(unknown)}; choose from {LINEUP}")
     models = {}
-    if "SFT" in names or "distilled" in names:
+    if "SFT" in names or ("distilled" in names and teacher is None):
         seed_everything(seed)
         models["SFT"] = copy.deepcopy(base)
         supervised(models["SFT"], tokenizer, pairs, steps, lr=sft_lr, seed=seed)
@@ -45,5 +46,5 @@ def fine_tuned_lineup(base: DeepSeekLM, student_start: DeepSeekLM, tokenizer: Pr
     if "distilled" in names:
         seed_everything(seed)
         models["distilled"] = copy.deepcopy(student_start)
-        distil_logits(models["distilled"], models["SFT"], tokenizer, pairs, steps, lr=sft_lr, seed=seed)
+        distil_logits(models["distilled"], teacher or models["SFT"], tokenizer, pairs, steps, lr=sft_lr, seed=seed)
     return {name: models[name].eval() for name in LINEUP if name in names}
