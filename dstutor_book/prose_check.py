@@ -1,9 +1,12 @@
-"""Find measured quantities typed into a chapter's prose instead of computed by its cells.
+"""Find results typed into a chapter's prose instead of computed by its cells.
 
-The course's rule: a sentence that states a result gets its number from a cell. This check reads
-the markdown of an *executed* chapter and reports each measured-looking quantity (a percentage, a
+The course's rule: a sentence that states a result gets it from a cell. This check reads the
+markdown of an *executed* chapter and reports each measured-looking quantity (a percentage, a
 ratio "2.5×", seconds, bytes, nats, passes, or a number ≥ 1 with two or more decimals, like a loss) that no cell
 output contains. Run on a smoke-mode execution, a number typed from a full-mode run fails too.
+It also reports typed verdicts, words that state an outcome ("beats", "at chance", "the formula
+holds", "never answers", "rarely"), outside questions and conditionals; a definition that uses such
+a word ("shared experts are always on") is not caught because the list names outcomes only.
 
 Exempt, because they are not measurements of this chapter: text in quotes (a guide's claim),
 math, inline code, sentences that cite a source (§, a [guide] citation, "Table"), and the
@@ -22,6 +25,12 @@ EXEMPT_TEXT = [re.compile(p, re.S) for p in (r"\$\$.*?\$\$", r"\$[^$\n]*\$", r"`
                                              r"“[^”]*”", r"<[^>\n]*>")]
 CITES = re.compile(r"§|\[[A-Z][\w -]+\]|\bTable\b")
 EXEMPT_SECTIONS = ("## References", "## What DeepSeek actually does")
+VERDICT = re.compile(
+    r"\b(?:beats?|outperform(?:s|ed)?|wins?|won|pays? off|paid off|at chance|no (?:clear )?difference|"
+    r"nothing separates|separates? (?:them|the \w+|it)\b|(?:formula|claim|rule|recipe) (?:holds|fails|held|failed)|"
+    r"never (?:answers?|learns?|helps?|wins?|converges?|stops?)|rarely|seldom|really hurts|"
+    r"(?:is|are|was|were|ran|runs?) (?:\S+ ){0,2}(?:faster|slower|better|worse) than|(?:faster|slower) by)\b", re.I)
+OPEN = re.compile(r"\?\s*$|\b(?:whether|if|should|would|could)\b", re.I)  # a question or a condition states no result
 
 
 def _plain(number: str) -> str:
@@ -67,3 +76,9 @@ def typed_quantities(notebook: nbformat.NotebookNode) -> list[str]:
             if not re.search(rf"(?<![\d.]){re.escape(number)}(?!\d)", outputs):
                 problems.append(f"{match.group(0).strip()!r} in: {' '.join(sentence.split())[:160]}")
     return problems
+
+
+def typed_verdicts(notebook: nbformat.NotebookNode) -> list[str]:
+    """Sentences of prose that state an outcome in words (VERDICT) outside a question or condition: one message each."""
+    return [f"{found.group(0)!r} in: {' '.join(sentence.split())[:160]}" for sentence in prose_sentences(notebook)
+            if (found := VERDICT.search(sentence)) and not OPEN.search(sentence)]

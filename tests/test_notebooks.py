@@ -8,7 +8,7 @@ import pytest
 
 from dstutor.chapters import REPO_ROOT, chapter_paths
 from dstutor_book.execution import ChapterError, execute_chapter, missing_figures, read_chapter, save_executed
-from dstutor_book.prose_check import typed_quantities
+from dstutor_book.prose_check import typed_quantities, typed_verdicts
 
 SMOKE_BOOK_CHAPTERS = REPO_ROOT / "build" / "smoke-book" / "chapters"
 
@@ -47,4 +47,6 @@ def test_chapter_runs_in_smoke_mode(chapter):
     assert not missing_figures(run.notebook), f"code cells {missing_figures(run.notebook)} drew no figure"
     typed = typed_quantities(run.notebook)  # in smoke mode, a number typed from a full run is caught too
     assert not typed, "prose states quantities no cell output contains:\n" + "\n".join(typed)
+    verdicts = typed_verdicts(run.notebook)
+    assert not verdicts, "prose states outcomes no cell computes (compute the sentence, or ask it):\n" + "\n".join(verdicts)
     save_executed(run, SMOKE_BOOK_CHAPTERS, smoke=True)

@@ -1,7 +1,7 @@
-"""The typed-quantity check: measured numbers in prose must come from a cell's output."""
+"""The typed-result checks: measured numbers in prose come from a cell's output, outcomes are not typed in words."""
 import nbformat.v4 as v4
 
-from dstutor_book.prose_check import typed_quantities
+from dstutor_book.prose_check import typed_quantities, typed_verdicts
 
 
 def chapter(markdown: str, output: str = "") -> "nbformat.NotebookNode":  # noqa: F821
@@ -33,3 +33,16 @@ def test_quotes_math_code_citations_and_fact_sections_are_exempt():
 
 def test_settings_below_one_are_not_measurements():
     assert typed_quantities(chapter("AdamW with betas (0.9, 0.95) and weight decay 0.1.")) == []
+
+
+def test_a_typed_verdict_is_reported_and_a_question_condition_or_definition_is_not():
+    for typed in ("A freshly initialised model never answers correctly.", "The small model beats TF-IDF here.",
+                  "The course's tiny models are at chance on unseen idioms.", "Measured here, the formula holds.",
+                  "Prioritised replay rarely helps.", "The absorbed path is 2 times faster than the naive one."):
+        assert typed_verdicts(chapter(typed)) != [], typed
+    for fine in ("Does the absorbed path pay off there?", "The computed sentence says whether ours beats TF-IDF.",
+                 "The claim holds if the seeds separate.", "Shared experts are always on.",
+                 "The KL estimate is never negative.", 'The guide says "LoRA beats full fine-tuning".',
+                 "## Summary\n\nThe chance level sits beside every accuracy."):
+        assert typed_verdicts(chapter(fine)) == [], fine
+    assert typed_verdicts(chapter("## References\n\n- Smith (2020) shows that MoE beats dense models.")) == []
