@@ -60,8 +60,8 @@ redis:
 # while the other finishes a long chapter. Then, alone: the smoke site built from their chapter runs, and
 # JupyterLab driven in Chromium (under the workers' load its menu once missed the 30 s click timeout).
 test: install chromium redis
-	$(PY) -m pytest -n 2 --dist worksteal -m "not site and not lab"
-	$(PY) -m pytest -m "site or lab"
+	$(PY) -m pytest -n 2 --dist worksteal -m "not site and not lab" --durations=15
+	$(PY) -m pytest -m "site or lab" --durations=6
 	@if [ -d book/_build/html ]; then $(MAKE) --no-print-directory check-site; fi
 
 test-fast: install
