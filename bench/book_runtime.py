@@ -70,14 +70,22 @@ def chapter_account(seconds: float, log: list[dict], records: dict[str, dict]) -
             "build seconds here": round(build_s, 1), "models used": len(used)}
 
 
-def budget_targets(table: pd.DataFrame) -> dict[str, bool]:
-    """The project's budget, one entry each: per chapter (warm cache), the long-chapter allowance, the book."""
+def book_seconds(table: pd.DataFrame, model_seconds: float) -> float:
+    """The book's time with its models built once on the way: this build's, or the warm chapters plus every model, if longer."""
+    return max(float(table["seconds"].sum()), float(table["warm-cache seconds"].sum()) + model_seconds)
+
+
+def budget_targets(table: pd.DataFrame, model_seconds: float = 0.0) -> dict[str, bool]:
+    """The project's budget, one entry each: per chapter (warm cache), the long-chapter allowance, the book.
+
+    model_seconds: the build seconds of every model the chapters need, each counted once (a cold model cache).
+    """
     long = table.index[table["warm-cache seconds"] > CHAPTER_BUDGET_S].tolist()
     return {
         f"every chapter ≤ {LONG_CHAPTER_BUDGET_S} s": bool((table["warm-cache seconds"] <= LONG_CHAPTER_BUDGET_S).all()),
         f"at most {LONG_CHAPTERS_ALLOWED} chapters over {CHAPTER_BUDGET_S} s (over: {', '.join(long) or 'none'})":
             len(long) <= LONG_CHAPTERS_ALLOWED,
-        f"the book, models included, ≤ {BOOK_BUDGET_S} s": bool(table["seconds"].sum() <= BOOK_BUDGET_S),
+        f"the book, every model it needs built once, ≤ {BOOK_BUDGET_S} s": book_seconds(table, model_seconds) <= BOOK_BUDGET_S,
     }
 
 
@@ -86,13 +94,14 @@ def main() -> int:
         sys.exit(f"{RUNTIMES_FILE} does not exist: run `make book` (or `make book-force`) first")
     runtimes = json.loads(RUNTIMES_FILE.read_text())
     records = zoo_records(cache_dir() / "zoo")
-    rows, slow_cells = [], []
+    rows, slow_cells, used = [], [], set()
     for path in chapter_paths():
         measured = runtimes.get(path.stem, {}).get("cpu")
         if measured is None:
             sys.exit(f"chapter {path.stem} has no CPU runtime in {RUNTIMES_FILE}: run `make book-force`")
         log_file = ZOO_LOGS / f"{path.stem}.jsonl"
         log = [json.loads(line) for line in log_file.read_text().splitlines()] if log_file.exists() else []
+        used |= {row["artefact"] for row in log}
         rows.append({"chapter": path.stem[:2], "built": measured["when"][:16],
                      **chapter_account(measured["seconds"], log, records)})
         executed = EXECUTED / f"{path.stem}.ipynb"
@@ -101,10 +110,14 @@ def main() -> int:
             slow_cells += [{"chapter": path.stem[:2], "cell": n, "seconds": round(s, 1), "starts with": text}
                            for n, s, text in cells]
     table = pd.DataFrame(rows).set_index("chapter")
-    targets = budget_targets(table)
+    models = needed_closure(used, records)
+    model_seconds = sum(records.get(name, {}).get("seconds", 0.0) for name in models)
+    targets = budget_targets(table, model_seconds)
     over = table.index[table["warm-cache seconds"] > CHAPTER_BUDGET_S].tolist()
     summary = (f"Executing every chapter in full mode took **{table['seconds'].sum() / 60:.1f} min** "
-               f"({table['warm-cache seconds'].sum() / 60:.1f} min with every model already cached). "
+               f"({table['warm-cache seconds'].sum() / 60:.1f} min with every model already cached; "
+               f"building the {len(models)} models the chapters need once adds {model_seconds / 60:.1f} min, "
+               f"so the book from an empty model cache takes {book_seconds(table, model_seconds) / 60:.1f} min). "
                f"The slowest chapter is {table['warm-cache seconds'].idxmax()} "
                f"({table['warm-cache seconds'].max():.0f} s); "
                + (f"chapters over {CHAPTER_BUDGET_S} s: {', '.join(over)}." if over

@@ -58,6 +58,16 @@ def test_the_budget_allows_two_long_chapters_and_no_chapter_over_the_long_limit(
     assert not any(met for name, met in bench.budget_targets(table).items() if "every chapter" in name or "book" in name)
 
 
+def test_the_book_budget_counts_every_model_the_chapters_need_once():
+    bench = book_runtime()
+    table = pd.DataFrame({"warm-cache seconds": [1000.0, 1000.0], "seconds": [1000.0, 1000.0]}, index=["00", "01"])
+    assert [met for name, met in bench.budget_targets(table, 300.0).items() if "book" in name] == [True]
+    assert [met for name, met in bench.budget_targets(table, 401.0).items() if "book" in name] == [False]
+    assert bench.book_seconds(table, 401.0) == 2401.0
+    table["seconds"] = [1500.0, 1000.0]  # this build itself built 500 s of models
+    assert bench.book_seconds(table, 0.0) == 2500.0
+
+
 def test_cell_seconds_come_from_the_executed_timestamps():
     import nbformat
     bench = book_runtime()
