@@ -28,6 +28,7 @@ from dstutor.data.tokenizer import train_tokenizer
 from dstutor.env import cache_dir, seed_everything
 from dstutor.models import DeepSeekConfig, DeepSeekLM
 from dstutor.train import TrainConfig, fit_on_blocks
+from dstutor.train.callbacks import Callback
 
 ZOO_VERSION = 2  # bump when a recipe changes in a way its key does not capture (2: per-epoch shuffle, fit seeds)
 COMPLETE = ".complete"  # written last into a finished artefact folder
@@ -119,35 +120,64 @@ def course_blocks(vocab_size: int = 4096, block_size: int = 128,
     return datasets.load_from_disk(str(folder / "train")), datasets.load_from_disk(str(folder / "val"))
 
 
-def pretrained(config: DeepSeekConfig, train: TrainConfig, batch_size: int = 16,
-               block_size: int = 128) -> tuple[DeepSeekLM, pd.DataFrame]:
-    """A DeepSeekLM pretrained on the course corpus with this recipe, and its training history (cached)."""
-    recipe = {"model": asdict(config), "train": asdict(train), "batch": batch_size, "block": block_size}
+def snapshot_steps(steps: int) -> list[int]:
+    """The steps a pretraining run keeps weights of besides its last: each quarter of the run."""
+    return sorted({steps * quarter // 4 for quarter in (1, 2, 3)} - {0})
+
+
+class _SaveSnapshots(Callback):
+    """Trainer callback: the weights after each of `steps`, as <folder>/step-N.safetensors."""
+
+    def __init__(self, steps: list[int], folder: Path):
+        self.steps, self.folder = set(steps), folder
+
+    def __call__(self, trainer, model: DeepSeekLM, row: dict) -> None:
+        if row["step"] in self.steps:
+            _save_weights(model, self.folder / f"step-{row['step']}.safetensors")
+
+
+def _save_weights(model: DeepSeekLM, path: Path) -> None:
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, path)
+
+
+def pretrained(config: DeepSeekConfig, train: TrainConfig, batch_size: int = 16, block_size: int = 128,
+               at: int | None = None) -> tuple[DeepSeekLM, pd.DataFrame]:
+    """A DeepSeekLM pretrained on the course corpus with this recipe, and its training history (cached).
+
+    at: an earlier step of the same run (one of `snapshot_steps(train.steps)`): its weights and history so far.
+    """
+    kept = snapshot_steps(train.steps)
+    if at is not None and at not in kept + [train.steps]:
+        raise ValueError(f"at={at}: a {train.steps}-step run keeps the weights of steps {kept + [train.steps]}")
+    recipe = {"model": asdict(config), "train": asdict(train), "batch": batch_size, "block": block_size,
+              "snapshots": kept}
     folder = cache_dir() / "zoo" / f"model-{_key(recipe)}"
 
     def build(into: Path) -> None:
         seed_everything(train.seed)
         model = DeepSeekLM(config)
         train_blocks, val_blocks = course_blocks(config.vocab_size, block_size)
-        history = fit_on_blocks(model, train, train_blocks, val_blocks, batch_size)
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                  into / "model.safetensors")
+        history = fit_on_blocks(model, train, train_blocks, val_blocks, batch_size,
+                                callbacks=[_SaveSnapshots(kept, into)])
+        _save_weights(model, into / "model.safetensors")
         history.to_csv(into / "history.csv", index=False)
         (into / "recipe.json").write_text(json.dumps(recipe, indent=2, default=str))
 
     build_once(folder, build)
     seed_everything(train.seed)  # callers see the same random state whether the model was built or loaded
     model = DeepSeekLM(config)
-    model.load_state_dict(load_file(folder / "model.safetensors"))
-    return model.eval(), pd.read_csv(folder / "history.csv")
+    step = train.steps if at is None else at
+    model.load_state_dict(load_file(folder / ("model.safetensors" if step == train.steps else f"step-{step}.safetensors")))
+    history = pd.read_csv(folder / "history.csv")
+    return model.eval(), history[history.step <= step].reset_index(drop=True)
 
 
-def pretrained_nano(steps: int, seed: int = 0) -> tuple[DeepSeekLM, pd.DataFrame]:
-    """The course's nano DeepSeek model after `steps` pretraining steps (chapters 03–04 share it)."""
+def pretrained_nano(steps: int, seed: int = 0, at: int | None = None) -> tuple[DeepSeekLM, pd.DataFrame]:
+    """The course's nano DeepSeek model after `steps` pretraining steps, or at an earlier quarter of that run (`at`)."""
     config = DeepSeekConfig.preset("nano")
     train = TrainConfig(steps=steps, lr=3e-3, warmup_steps=min(20, steps // 10), eval_every=max(1, steps // 10),
                         eval_batches=10, seed=seed)
-    return pretrained(config, train)
+    return pretrained(config, train, at=at)
 
 
 def trained_model(name: str, recipe: dict, build: Callable[[], DeepSeekLM]) -> DeepSeekLM:
@@ -156,7 +186,7 @@ def trained_model(name: str, recipe: dict, build: Callable[[], DeepSeekLM]) -> D
 
     def save(into: Path) -> None:
         model = build()
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, into / "model.safetensors")
+        _save_weights(model, into / "model.safetensors")
         (into / "config.json").write_text(json.dumps(asdict(model.config)))
         (into / "recipe.json").write_text(json.dumps(recipe, indent=2, default=str))
 

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from test_trainer import pattern_batches, record_expert_loads, tiny_model
 
 from dstutor.train import Trainer
+from dstutor.train.callbacks import Callback
 from dstutor.train.distributed import torchrun
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -111,7 +112,7 @@ def one_process_group(monkeypatch):
         dist.destroy_process_group()
 
 
-class CountAllReduces:
+class CountAllReduces(Callback):
     """Callback: registers a DDP communication hook that counts gradient all-reduces per optimiser step."""
 
     def __init__(self):

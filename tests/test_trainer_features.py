@@ -8,7 +8,7 @@ from test_trainer import pattern_batches, tiny_model
 
 from dstutor.models import DeepSeekConfig
 from dstutor.train import Trainer
-from dstutor.train.callbacks import EarlyStopping, LiveLossPlot, MFUMeter, TensorBoardLogger, model_flops_per_token, peak_flops
+from dstutor.train.callbacks import Callback, EarlyStopping, LiveLossPlot, MFUMeter, TensorBoardLogger, model_flops_per_token, peak_flops
 
 QUIET = dict(progress=False, eval_every=0)
 
@@ -131,3 +131,22 @@ def test_live_loss_plot_keeps_the_curves():
         tiny_model(), pattern_batches(), pattern_batches(1))
     figure = plot.figure
     assert list(figure.data[0].x) == [1, 2, 3, 4] and list(figure.data[2].x) == [2, 4]
+
+
+def test_a_callback_class_hears_begin_every_step_and_end_and_a_plain_function_every_step():
+    events = []
+
+    class Recorder(Callback):
+        def on_train_begin(self, trainer):
+            events.append("begin")
+
+        def __call__(self, trainer, model, row):
+            events.append(row["step"])
+
+        def on_train_end(self, trainer):
+            events.append("end")
+
+    steps = []
+    Trainer(steps=3, eval_every=0, progress=False, callbacks=[Recorder(), lambda t, m, row: steps.append(row["step"])]).fit(
+        tiny_model(), pattern_batches())
+    assert events == ["begin", 1, 2, 3, "end"] and steps == [1, 2, 3]

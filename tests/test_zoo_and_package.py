@@ -6,6 +6,7 @@ import textwrap
 import time
 
 import pytest
+import torch
 
 from dstutor.zoo import BUILD_RECORD, COMPLETE, build_once
 
@@ -84,3 +85,30 @@ def test_a_build_records_its_own_seconds_and_what_it_needed(tmp_path, monkeypatc
     assert record["needs"] == ["inner"] and record["seconds"] >= 0
     assert [json.loads(line) for line in log.read_text().splitlines()] == [
         {"artefact": "inner", "built": True}, {"artefact": "outer", "built": True}, {"artefact": "outer", "built": False}]
+
+
+def test_an_earlier_step_of_a_pretraining_run_is_that_run_stopped_there():
+    from dstutor import zoo
+    from dstutor.env import seed_everything
+    from dstutor.models import DeepSeekConfig, DeepSeekLM
+    from dstutor.train import TrainConfig, fit_on_blocks
+
+    config = DeepSeekConfig.preset("nano")
+    train = TrainConfig(steps=8, lr=3e-3, warmup_steps=2, eval_every=2, eval_batches=2, seed=3, progress=False)
+    assert zoo.snapshot_steps(train.steps) == [2, 4, 6]
+    final, history = zoo.pretrained(config, train)
+    early, early_history = zoo.pretrained(config, train, at=4)
+    assert list(early_history.step) == [1, 2, 3, 4] and len(history) == 8
+
+    def stop_after_4(trainer, model, row):
+        if row["step"] == 4:
+            trainer.stop_reason = "step 4"
+
+    seed_everything(train.seed)
+    by_hand = DeepSeekLM(config)
+    fit_on_blocks(by_hand, train, *zoo.course_blocks(config.vocab_size, 128), 16, callbacks=[stop_after_4])
+    for name, weight in by_hand.state_dict().items():
+        assert torch.equal(weight, early.state_dict()[name]), name
+    assert not torch.equal(early.lm_head.weight, final.lm_head.weight)
+    with pytest.raises(ValueError, match="at=5: a 8-step run keeps the weights of steps \\[2, 4, 6, 8\\]"):
+        zoo.pretrained(config, train, at=5)

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer, ParamWrapper
 from torch import nn
 
+from dstutor.finetune.classify import LastTokenClassifier
 from dstutor.models import DeepSeekLM
 from dstutor.models.hf import to_hf
 
@@ -54,9 +56,9 @@ def adapted_weights(model: PeftModel) -> pd.DataFrame:
     """One row per weight that received a LoRA adapter: its module, group and adapter parameters."""
     rows = []
     for name, module in model.named_modules():
-        if hasattr(module, "lora_A") and "default" in module.lora_A:
+        if isinstance(module, LoraLayer) and "default" in module.lora_A:
             short = name.removeprefix("base_model.model.").replace(".base_layer", "")
-            parameter = getattr(module, "parameter_name", None)  # set on peft's wrappers of 3-D parameters
+            parameter = module.parameter_name if isinstance(module, ParamWrapper) else None  # a 3-D parameter, not a module
             weight = f"{short}.{parameter}" if parameter else short
             group = "experts" if parameter else next(
                 g for g, suffixes in LORA_TARGETS.items() if short.rsplit(".", 1)[-1] in suffixes)
@@ -68,7 +70,7 @@ def adapted_weights(model: PeftModel) -> pd.DataFrame:
 def save_merged_for_transformers(model: PeftModel, folder: str | Path, tokenizer=None) -> Path:
     """Merge the adapters into the base LM and save it as a transformers DeepseekV3 checkpoint folder."""
     merged = model.merge_and_unload()
-    lm = merged.lm if hasattr(merged, "lm") else merged
+    lm = merged.lm if isinstance(merged, LastTokenClassifier) else merged
     if not isinstance(lm, DeepSeekLM):
         raise TypeError(f"expected a DeepSeekLM (or a classifier around one) under the adapters, got {type(lm).__name__}")
     folder = Path(folder)

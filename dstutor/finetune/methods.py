@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import datasets
 import pandas as pd
 import torch
+from peft import PeftModel
 from torch import nn
 
 from dstutor.data.packing import BlockLoader
@@ -62,7 +63,7 @@ def finetune(model: nn.Module, train: TrainConfig, train_data: datasets.Dataset,
 
 def language_model_of(model: nn.Module) -> DeepSeekLM:
     """The DeepSeekLM inside a fine-tuned model (a classifier, a peft wrapper or both); adapters stay active."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = model.get_base_model() if isinstance(model, PeftModel) else model
     return inner.lm if isinstance(inner, LastTokenClassifier) else inner
 
 

@@ -14,7 +14,7 @@ from torch.utils.checkpoint import checkpoint
 from dstutor.models.attention import KVCache, build_attention
 from dstutor.models.config import DeepSeekConfig
 from dstutor.models.layers import RMSNorm, SwiGLU, rope_angles
-from dstutor.models.moe import DeepSeekMoE
+from dstutor.models.moe import DeepSeekMoE, Experts, Router
 
 IGNORE_INDEX = -100  # the label value cross-entropy skips (prompt and padding positions)
 
@@ -103,10 +103,10 @@ class DeepSeekLM(nn.Module):
         std = self.config.initializer_range
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=std)
-        elif hasattr(module, "gate_up_proj"):  # experts' 3-D weights
+        elif isinstance(module, Experts):  # 3-D weights, one slice per expert
             nn.init.normal_(module.gate_up_proj, std=std)
             nn.init.normal_(module.down_proj, std=std)
-        elif hasattr(module, "e_score_correction_bias"):  # router
+        elif isinstance(module, Router):
             nn.init.normal_(module.weight, std=std)
 
     def gradient_checkpointing_enable(self) -> None:

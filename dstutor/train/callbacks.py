@@ -41,7 +41,20 @@ def peak_flops(device: torch.device) -> tuple[float, str]:
     return matmul_gflops(1024) * 1e9, "fp32 matmul speed measured on this CPU (1024² matmul)"
 
 
-class MFUMeter:
+class Callback:
+    """Base of the callbacks with work to do before or after the run; a plain function(trainer, model, row) also works."""
+
+    def __call__(self, trainer, model: nn.Module, row: dict) -> None:
+        """After every optimiser step."""
+
+    def on_train_begin(self, trainer) -> None:
+        """Before the first step."""
+
+    def on_train_end(self, trainer) -> None:
+        """After the last step (also after an early stop)."""
+
+
+class MFUMeter(Callback):
     """Adds `mfu` (model FLOPs utilisation) to each row: achieved FLOP/s over the device's peak."""
 
     def __init__(self, config: DeepSeekConfig, seq_len: int, device: torch.device | str = "cpu",
@@ -53,7 +66,7 @@ class MFUMeter:
         row["mfu"] = row["tokens_per_s"] * self.flops_per_token / self.peak
 
 
-class EarlyStopping:
+class EarlyStopping(Callback):
     """Stop when `monitor` has not improved by min_delta for `patience` evaluations; restore the best weights."""
 
     def __init__(self, monitor: str = "val_loss", patience: int = 3, min_delta: float = 0.0,
@@ -80,7 +93,7 @@ class EarlyStopping:
             self._model.load_state_dict(self._best_state)
 
 
-class TensorBoardLogger:
+class TensorBoardLogger(Callback):
     """Writes loss, lr, grad norm, throughput, MoE load (and anything numeric in the row) as scalars."""
 
     def __init__(self, log_dir: str | Path):
@@ -100,7 +113,7 @@ class TensorBoardLogger:
         self.writer.close()
 
 
-class LiveLossPlot:
+class LiveLossPlot(Callback):
     """A loss plot that redraws in place every `every` steps (in Lab, and as the final figure in the book)."""
 
     def __init__(self, every: int = 10, title: str = "training", smooth: int = 10):

@@ -17,6 +17,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
                                                      set_state_dict)
+from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor
+from torch.nn.parallel import DistributedDataParallel
+
+from dstutor.models import DeepSeekLM
 
 STRATEGIES = (None, "ddp", "fsdp")
 
@@ -53,32 +58,29 @@ def setup(strategy: str, device: torch.device) -> DistContext:
 def wrap(model: nn.Module, context: DistContext) -> nn.Module:
     """The module to call for forward passes: a DDP replica, or the model sharded layer by layer."""
     if context.strategy == "ddp":
-        from torch.nn.parallel import DistributedDataParallel
         # forward_sync_buffers=False: rank 0's buffers must not overwrite each rank's own expert-load counts
         # before every forward (the routing bias stays identical because its update all-reduces the load;
         # the one sync at start-up copies zeros and an equal bias). LayerDrop leaves whole layers without
         # gradients in a step, which DDP must be told to look for.
         return DistributedDataParallel(model, device_ids=[context.device.index] if context.device.type == "cuda" else None,
                                        forward_sync_buffers=False,
-                                       find_unused_parameters=bool(getattr(getattr(model, "config", None), "layer_drop", 0)))
-    from torch.distributed.fsdp import fully_shard
-    for layer in getattr(getattr(model, "model", model), "layers", []):
+                                       find_unused_parameters=isinstance(model, DeepSeekLM) and model.config.layer_drop > 0)
+    for layer in model.model.layers if isinstance(model, DeepSeekLM) else []:
         fully_shard(layer)  # each block gathers its parameters just before it runs, then frees them
     return fully_shard(model)
 
 
-def gradient_sync(forward: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
+def gradient_sync(replica: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
     """Context for one backward pass: with enabled=False, DDP/FSDP keep gradients local (no communication).
 
     Used on all but the last micro-batch of an accumulated step: one all-reduce per step, not per micro-batch.
     """
-    module = getattr(forward, "_orig_mod", forward)  # under torch.compile
     if enabled:
         return contextlib.nullcontext()
-    if hasattr(module, "no_sync"):  # DDP
-        return module.no_sync()
-    if hasattr(module, "set_requires_gradient_sync"):  # FSDP2
-        return _fsdp_no_sync(module)
+    if isinstance(replica, DistributedDataParallel):
+        return replica.no_sync()
+    if isinstance(replica, FSDPModule):
+        return _fsdp_no_sync(replica)
     return contextlib.nullcontext()
 
 
@@ -128,7 +130,7 @@ def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_st
 
 def as_local_value(tensor: torch.Tensor) -> torch.Tensor:
     """A DTensor (FSDP) gathered to a plain tensor; plain tensors pass through."""
-    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 def torchrun(script_and_args: list[str], nproc: int = 2, threads_per_process: int = 1,

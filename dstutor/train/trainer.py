@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from dstutor.data.packing import batch_stream
 from dstutor.env import choose_device, seed_everything
 from dstutor.train import distributed
+from dstutor.train.callbacks import Callback
 from dstutor.train.evaluation import mean_loss
 from dstutor.train.checkpoint import load_latest_checkpoint, save_checkpoint
 from dstutor.train.schedules import lr_multiplier
@@ -115,7 +116,7 @@ class Trainer:
     """Trains a model that returns a `TrainOutput` when called as model(ids, labels=ids) (or model(**batch)).
 
     Callbacks are called as callback(trainer, model, row) after every step (they may add keys to the
-    row) and, if they have them, callback.on_train_begin(trainer) and callback.on_train_end(trainer).
+    row); a `Callback` is also told on_train_begin(trainer) and on_train_end(trainer).
     Setting trainer.stop_reason stops the run.
     """
 
@@ -125,7 +126,8 @@ class Trainer:
         self.config.validate()
         self.device = torch.device(self.config.device) if self.config.device else choose_device().device
         self.context: distributed.DistContext | None = None  # set by fit() under torchrun
-        self.wrapped: nn.Module | None = None  # what forward passes call: the model, its DDP/FSDP wrapper, compiled
+        self.replica: nn.Module | None = None  # the model or its DDP/FSDP wrapper: what syncs gradients
+        self.wrapped: nn.Module | None = None  # what forward passes call: the replica, compiled if asked
         self.history = pd.DataFrame()
         self.stop_reason: str | None = None
 
@@ -170,7 +172,7 @@ class Trainer:
             self.context = distributed.setup(cfg.distributed, self.device)
             self.device = self.context.device
         model.to(self.device).train()
-        forward = distributed.wrap(model, self.context) if self.context else model
+        self.replica = forward = distributed.wrap(model, self.context) if self.context else model
         if cfg.compile:
             forward = torch.compile(forward, backend="inductor" if cfg.compile is True else cfg.compile)
         self.wrapped = forward
@@ -212,7 +214,8 @@ class Trainer:
         batches = batch_stream(train, consumed)
         self.stop_reason = None
         for callback in self.callbacks:
-            getattr(callback, "on_train_begin", lambda trainer: None)(self)
+            if isinstance(callback, Callback):
+                callback.on_train_begin(self)
         started = time.perf_counter() - (rows[-1]["elapsed_s"] if rows else 0.0)  # a resumed run keeps its clock
         bar = tqdm(total=cfg.steps, initial=first_step, desc="training", leave=False,
                    disable=not (cfg.progress and self.is_main))
@@ -236,7 +239,8 @@ class Trainer:
         finally:
             bar.close()
         for callback in self.callbacks:
-            getattr(callback, "on_train_end", lambda trainer: None)(self)
+            if isinstance(callback, Callback):
+                callback.on_train_end(self)
         if checkpoint_dir and len(rows) > first_step:  # the final state, as the callbacks left it
             self._save(checkpoint_dir, model, optimizer, scheduler, scaler, rows, consumed)
         self.history = pd.DataFrame(rows)
@@ -254,7 +258,7 @@ class Trainer:
         for micro in range(cfg.accumulation):
             ids = self._move(next(batches))
             try:  # gradients are averaged over processes only once, after the last micro-batch
-                with distributed.gradient_sync(forward, enabled=micro == cfg.accumulation - 1):
+                with distributed.gradient_sync(self.replica, enabled=micro == cfg.accumulation - 1):
                     terms, tokens = self._accumulate(forward, ids, scaler, terms, tokens)
             except torch.OutOfMemoryError as error:
                 raise torch.OutOfMemoryError(
@@ -324,6 +328,7 @@ class Trainer:
                             "with `loss`, `main_loss` and `logged()` (dstutor.train.trainer.TrainOutput)")
         scaler.scale(out.loss / cfg.accumulation).backward()
         for name, value in {"loss": out.loss, "main_loss": out.main_loss, **out.logged()}.items():
+            value = value.detach() if isinstance(value, torch.Tensor) else value
             terms[name] = terms.get(name, 0.0) + float(value) / cfg.accumulation  # means over the micro-batches
         return terms, tokens + sum(t.numel() for t in _input_ids(ids))
 
