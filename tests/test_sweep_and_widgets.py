@@ -27,6 +27,16 @@ def test_with_values_routes_each_field_to_its_config():
         with_values(configs, {"dropout": 1.5})
 
 
+def test_a_fine_tuning_method_from_a_panel_is_checked_before_it_trains():
+    from dstutor.finetune import Method
+    lora = Method("LoRA", lr=3e-3, lora_rank=8)
+    with pytest.raises(ValueError, match="Method 'LoRA': lr=-0.001 must be > 0"):
+        with_values({"method": lora}, {"lr": -1e-3})
+    with pytest.raises(ValueError, match=r"unknown lora_targets \['mpl'\]"):
+        Method("typo", lora_rank=4, lora_targets=("mpl",))
+    assert with_values({"method": lora}, {"lora_rank": 4})["method"].lora_rank == 4
+
+
 def test_with_values_needs_a_qualified_name_for_a_shared_field():
     configs = {"first": TrainConfig(steps=10), "second": TrainConfig(steps=20)}
     with pytest.raises(ValueError, match="qualify a shared name"):

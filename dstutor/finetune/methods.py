@@ -19,8 +19,8 @@ from torch import nn
 from dstutor.data.packing import BlockLoader
 from dstutor.env import seed_everything
 from dstutor.finetune.classify import LastTokenClassifier, classification_scores, predict_proba
-from dstutor.finetune.freezing import freeze, trainable_summary, training_step_cost
-from dstutor.finetune.lora import add_lora
+from dstutor.finetune.freezing import KINDS, freeze, trainable_summary, training_step_cost
+from dstutor.finetune.lora import LORA_TARGETS, add_lora
 from dstutor.finetune.padding import trim_padding
 from dstutor.models import DeepSeekLM
 from dstutor.train import TrainConfig, Trainer
@@ -39,6 +39,21 @@ class Method:
     lora_rank: int = 0                 # > 0: LoRA adapters of this rank instead of training base weights
     lora_alpha: float | None = None    # LoRA scale numerator (alpha / rank multiplies B·A); None: 2 × rank
     lora_targets: tuple[str, ...] = ("attention", "mlp")  # LoRA target groups (dstutor.finetune.lora.LORA_TARGETS)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Every field checked before anything trains; the error names the bad value."""
+        if not self.lr > 0:
+            raise ValueError(f"Method {self.name!r}: lr={self.lr} must be > 0")
+        for field in ("bottom", "top", "lora_rank"):
+            if getattr(self, field) < 0:
+                raise ValueError(f"Method {self.name!r}: {field}={getattr(self, field)} must be ≥ 0")
+        for field, known in (("kinds", KINDS), ("lora_targets", LORA_TARGETS)):
+            unknown = sorted(set(getattr(self, field)) - set(known))
+            if unknown:
+                raise ValueError(f"Method {self.name!r}: unknown {field} {unknown}; choose from {sorted(known)}")
 
     def build(self, base: DeepSeekLM, head_classes: int | None = None) -> nn.Module:
         """A fresh copy of base (with a classification head if head_classes), prepared for this method."""

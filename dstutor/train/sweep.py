@@ -5,6 +5,7 @@ import dataclasses
 import itertools
 import time
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import datasets
 import pandas as pd
@@ -53,7 +54,13 @@ def final_rows(histories: pd.DataFrame) -> pd.DataFrame:
     return histories.groupby("variant", sort=False).tail(1).set_index("variant")
 
 
-def with_values(configs: Mapping[str, object], values: Mapping[str, object]) -> dict[str, object]:
+class Checked(Protocol):
+    """A config dataclass that checks its own fields (DeepSeekConfig, TrainConfig, Method, Strategy, GRPOConfig)."""
+
+    def validate(self) -> None: ...
+
+
+def with_values(configs: Mapping[str, Checked], values: Mapping[str, object]) -> dict[str, Checked]:
     """Copies of the config dataclasses with each value set on the one config that has that field.
 
     A name the configs share is qualified with its config's key: "method.lr" sets configs["method"].lr.
@@ -69,7 +76,7 @@ def with_values(configs: Mapping[str, object], values: Mapping[str, object]) -> 
         owners.setdefault(having[0], {})[field] = value
     changed = {key: dataclasses.replace(config, **owners.get(key, {})) for key, config in configs.items()}
     for config in changed.values():
-        getattr(config, "validate", lambda: None)()
+        config.validate()
     return changed
 
 

@@ -10,7 +10,7 @@ import ipywidgets as W
 import pandas as pd
 from IPython.display import display
 
-from dstutor.train.sweep import summarize, with_values
+from dstutor.train.sweep import Checked, summarize, with_values
 from dstutor.viz.training import loss_curves
 
 # A range is (low, high) for a linear slider, (low, high, "log") for a log slider, or a list of choices.
@@ -39,7 +39,7 @@ class HyperParameterPanel:
     history (a DataFrame with step, loss and optionally val_loss).
     """
 
-    def __init__(self, run: Callable[..., pd.DataFrame], configs: Mapping[str, object], ranges: Mapping[str, Range]):
+    def __init__(self, run: Callable[..., pd.DataFrame], configs: Mapping[str, Checked], ranges: Mapping[str, Range]):
         self.run_fn, self.configs = run, dict(configs)
         fields = {name: (key, getattr(config, f.name)) for key, config in self.configs.items()
                   for f in dataclasses.fields(config) for name in (f.name, f"{key}.{f.name}")}
