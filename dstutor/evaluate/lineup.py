@@ -46,5 +46,6 @@ def fine_tuned_lineup(base: DeepSeekLM, student_start: DeepSeekLM, tokenizer: Pr
     if "distilled" in names:
         seed_everything(seed)
         models["distilled"] = copy.deepcopy(student_start)
-        distil_logits(models["distilled"], teacher or models["SFT"], tokenizer, pairs, steps, lr=sft_lr, seed=seed)
+        distil_logits(models["distilled"], teacher if teacher is not None else models["SFT"], tokenizer, pairs, steps,
+                      lr=sft_lr, seed=seed)
     return {name: models[name].eval() for name in LINEUP if name in names}
