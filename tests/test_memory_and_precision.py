@@ -6,6 +6,7 @@ from test_trainer import pattern_batches, tiny_model
 
 from dstutor.train.memory import saved_activation_bytes, zero_memory_per_gpu
 from dstutor.train.precision import E4M3_MAX, fp8_quantize, matmul_errors
+from dstutor.widgets import MemoryPanel
 
 
 def test_activation_memory_scales_with_batch_and_checkpointing_cuts_it():
@@ -26,6 +27,20 @@ def test_zero_stages_shard_what_they_should():
     assert stage3["total"] == pytest.approx(plain["total"] / 8)
     with pytest.raises(ValueError, match="stage 4"):
         zero_memory_per_gpu(7e9, 8, 4)
+
+
+def test_memory_panel_redraws_the_arithmetic_for_its_controls():
+    panel = MemoryPanel(n_params=7e9, n_gpus=8, stage=0, gpu_gb=80)
+    assert panel.table().loc["fits one GPU", "GB per GPU"] == "no (1.4× the GPU)"  # 112 GB of state on 80 GB
+    redraws = []
+    panel.show = lambda: redraws.append(panel.values()["stage"])
+    panel.controls["stage"].value = 3  # moving a control redraws the table at once
+    assert redraws == [3]
+    table = panel.table()["GB per GPU"]
+    assert table["total"] == pytest.approx(round(zero_memory_per_gpu(7e9, 8, 3)["total"], 2))
+    assert table["fits one GPU"] == "yes"
+    panel.controls["n_gpus"].value = 1
+    assert panel.table().loc["total", "GB per GPU"] == pytest.approx(112.0)
 
 
 def test_fp8_block_scaling_keeps_values_in_range_and_isolates_outliers():

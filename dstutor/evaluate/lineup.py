@@ -46,6 +46,7 @@ def fine_tuned_lineup(base: DeepSeekLM, student_start: DeepSeekLM, tokenizer: Pr
     if "distilled" in names:
         seed_everything(seed)
         models["distilled"] = copy.deepcopy(student_start)
+        # memo={}: the frozen teacher runs once per distinct row, not once per batch that holds it
         distil_logits(models["distilled"], teacher if teacher is not None else models["SFT"], tokenizer, pairs, steps,
-                      lr=sft_lr, seed=seed)
+                      lr=sft_lr, seed=seed, memo={})
     return {name: models[name].eval() for name in LINEUP if name in names}

@@ -1,4 +1,5 @@
 """Widgets that rerun experiments in the kernel (JupyterLab); the book shows their last state."""
+from dstutor.widgets.memory import MemoryPanel
 from dstutor.widgets.panels import HyperParameterPanel
 
-__all__ = ["HyperParameterPanel"]
+__all__ = ["HyperParameterPanel", "MemoryPanel"]
