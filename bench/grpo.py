@@ -8,7 +8,8 @@ groups whose samples all score alike are left out of the update (DAPO §3.2), an
 rather than the chapter's 16, for a less noisy gradient at a higher rate. Measured on 2026-12-07, last
 three evaluations from an SFT start of 0.343: P=16, lr 1e-4 over 1,200 steps 0.498; P=16, lr 3e-4
 collapsed (0.11 after 50 steps, 0.02 at the end); P=32, lr 1.5e-4 over 1,000 steps 0.508 (the default,
-still rising slowly at the end); P=32, lr 2e-4 over 1,100 steps 0.503 (level at ~0.50 from step 850).
+still rising slowly at the end); P=32, lr 2e-4 over 1,100 steps 0.503 (level at ~0.50 from step 850);
+P=16 × G=16, lr 1.5e-4 over 1,000 steps 0.496. Every recipe levels off near 0.50.
 Held-out pass@1 is measured every --every steps (evaluations are not counted in the budget); the score
 is the mean of the last three.
 Target (issue 26): +20 points of held-out pass@1 over the SFT start within 10 minutes of CPU.
