@@ -79,6 +79,27 @@ def test_trl_grpo_runs_offline_and_returns_our_model(tokenizer):
     assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), policy.state_dict().values()))
 
 
+def test_trl_grpo_loss_equals_ours_on_one_fixed_batch(tokenizer):
+    from dstutor.rl import group_advantages, grpo_loss, rollout, score, token_logprobs
+    from dstutor.rl.trl_check import trl_grpo_loss
+    train, _ = make_problems("addition", (2,), 20, 1, seed=0)  # every prompt "ab+cd=": one length
+    reference = task_model(tokenizer, "nano", seed=0).eval()
+    policy = copy.deepcopy(reference)
+    supervised(policy, tokenizer, as_pairs(train), steps=20, lr=1e-2)  # the KL term has something to measure
+    samples = rollout(policy, tokenizer, train[:3], 4, 12, 1.0, torch.Generator().manual_seed(0))
+    rewards = score(samples, total_reward) + torch.arange(12.0).view(3, 4) / 100  # groups whose rewards differ
+    advantages = group_advantages(rewards).flatten()
+    config = GRPOConfig(beta=0.04)
+    with torch.no_grad():
+        logp, ref_logp = (token_logprobs(m.eval(), samples.sequences) for m in (policy, reference))
+    ours, _ = grpo_loss(logp, logp, ref_logp, advantages, samples.mask, config.clip_eps, config.beta)
+    theirs = trl_grpo_loss(policy, tokenizer, samples, advantages, ref_logp, config)
+    assert ours.abs() > 1e-3 and torch.isclose(ours, theirs, atol=1e-5), (ours, theirs)
+    mixed = rollout(policy, tokenizer, [train[0], *make_problems("addition", (1,), 2, 1, seed=0)[0]], 2, 6, 1.0)
+    with pytest.raises(ValueError, match="prompts of \\[4, 6\\] tokens"):
+        trl_grpo_loss(policy, tokenizer, mixed, torch.zeros(6), None, config)
+
+
 def test_memoised_teacher_logits_equal_a_fresh_forward_where_the_loss_reads_them(tokenizer):
     train, _ = make_problems("addition", (1,), 40, 1, seed=0)
     teacher = task_model(tokenizer, "small", seed=1).eval()

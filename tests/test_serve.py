@@ -16,7 +16,7 @@ from dstutor.data.tokenizer import train_tokenizer
 from dstutor.models.hf import save_pretrained
 from dstutor.serve.cache import LRUCache
 from dstutor.serve.engine import Engine, Generation
-from dstutor.serve.loadtest import run_load, summarize
+from dstutor.serve.loadtest import run_load, scrape_counters, summarize
 from dstutor.serve.process import RedisProcess, ServerProcess, free_port
 from tiny import tiny_lm
 
@@ -218,7 +218,11 @@ def test_serve_says_what_is_wrong_with_a_missing_model_or_redis(tmp_path, checkp
 
 
 def test_load_test_loses_nothing_and_reports_latency(server):
+    before = scrape_counters(server.base_url)
     records = run_load(server.base_url, "tiny", PROMPTS, concurrency=4, duration_s=2, max_tokens=4)
+    after = scrape_counters(server.base_url)
     summary = summarize(records, 2)
+    batched, batches = (after[k] - before[k] for k in ("dstutor_batched_requests_total", "dstutor_batches_total"))
+    assert batched == summary["answered"] and 1 <= batches <= batched  # every sampled request decoded in a batch
     assert summary["lost"] == 0 and summary["http_5xx"] == 0 and summary["answered"] == len(records) >= 4
     assert 0 < summary["p50_ttft_s"] <= summary["p50_latency_s"] <= summary["p99_latency_s"]

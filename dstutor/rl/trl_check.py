@@ -15,6 +15,7 @@ from pathlib import Path
 
 import datasets
 import pandas as pd
+import torch
 from transformers import PreTrainedTokenizerFast, PrinterCallback
 from transformers.utils import logging as hf_logging
 
@@ -22,7 +23,7 @@ from dstutor.models import DeepSeekLM
 from dstutor.models.hf import from_hf, save_pretrained
 from dstutor.rl.grpo import GRPOConfig
 from dstutor.rl.rewards import accuracy_reward
-from dstutor.rl.rollouts import Reward
+from dstutor.rl.rollouts import Reward, Rollouts
 from dstutor.rl.tasks import Problem
 
 LOGGED = {"reward": "reward", "rewards/accuracy/mean": "accuracy", "completions/mean_length": "length",
@@ -82,3 +83,36 @@ def trl_grpo(policy: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, problems: l
     logged = [row for row in trainer.state.log_history if "reward" in row]
     history = pd.DataFrame(logged).rename(columns=LOGGED)[["step", *LOGGED.values()]]
     return from_hf(trainer.model.float()).eval(), history
+
+
+def trl_grpo_loss(policy: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, samples: Rollouts, advantages: torch.Tensor,
+                  ref_logp: torch.Tensor | None, config: GRPOConfig) -> torch.Tensor:
+    """TRL's GRPO loss (`GRPOTrainer._compute_loss`) on one fixed batch of rollouts, the policy loaded by TRL.
+
+    Every prompt must have the same length (TRL would left-pad shorter ones); ref_logp is (rows,
+    length − 1) as dstutor.rl.token_logprobs gives it. μ = 1: the sampling policy is the policy.
+    """
+    from trl import GRPOTrainer
+
+    def no_reward(prompts: list[str], **_) -> list[float]:  # TRL needs reward functions; this batch is scored
+        return [0.0] * len(prompts)
+
+    starts = samples.mask.argmax(dim=1)  # each row's first completion position
+    if (starts != starts[0]).any():
+        raise ValueError(f"prompts of {sorted(set((starts + 1).tolist()))} tokens: TRL would left-pad the shorter "
+                         "ones, so this check needs prompts of one length")
+    prompt_length = int(starts[0]) + 1
+    prompt_ids = samples.sequences[:, :prompt_length]
+    inputs = {"prompt_ids": prompt_ids, "prompt_mask": torch.ones_like(prompt_ids),
+              "completion_ids": samples.sequences[:, prompt_length:],
+              "completion_mask": samples.mask[:, prompt_length - 1:].long(), "advantages": advantages}
+    if ref_logp is not None:
+        inputs["ref_per_token_logps"] = ref_logp[:, prompt_length - 1:]
+    with tempfile.TemporaryDirectory() as folder, quiet_transformers():
+        start = save_pretrained(policy, Path(folder) / "policy")
+        tokenizer.save_pretrained(start)
+        trainer = GRPOTrainer(model=str(start), reward_funcs=[no_reward, no_reward], args=trl_arguments(config, folder),
+                              train_dataset=datasets.Dataset.from_dict({"prompt": ["-"]}), processing_class=tokenizer)
+        trainer.model.float().eval()  # eval: TRL divides a training loss by the gradient-accumulation steps
+        with torch.no_grad():
+            return trainer._compute_loss(trainer.model, inputs)

@@ -109,11 +109,18 @@ def summarize(records: pd.DataFrame, duration_s: float) -> dict[str, float]:
             "p50_tpot_s": float(tpot.median()) if len(ok) else float("nan")}
 
 
+def scrape_counters(base_url: str) -> dict[str, float]:
+    """The server's unlabelled /metrics values by name (Prometheus text: one `name value` per line)."""
+    text = httpx.get(f"{base_url}/metrics", timeout=10).raise_for_status().text
+    return {name: float(value) for name, value in (line.split() for line in text.splitlines()) if "{" not in name}
+
+
 def load_matrix(model_dir: str | Path, model: str, prompts: Sequence[str], settings: dict[str, int],
                 concurrencies: Sequence[int], duration_s: float, max_tokens: int = 32) -> pd.DataFrame:
     """One summary row per (server setting, concurrency): each setting is a fresh `dstutor serve` process.
 
     settings maps a label to max_batch (1: batching off). The answer cache is off so every request decodes.
+    mean_batch is the requests per decode batch over the level, read from the server's own /metrics.
     """
     from dstutor.serve.process import ServerProcess
 
@@ -122,7 +129,11 @@ def load_matrix(model_dir: str | Path, model: str, prompts: Sequence[str], setti
         with ServerProcess(model_dir, max_batch=max_batch, cache_size=0) as server:
             run_load(server.base_url, model, prompts[:4], 2, 1.0, max_tokens)  # warm-up: first-call costs
             for concurrency in tqdm(concurrencies, desc=label):
+                before = scrape_counters(server.base_url)
                 records = run_load(server.base_url, model, prompts, concurrency, duration_s, max_tokens)
+                after = scrape_counters(server.base_url)
+                batches, batched = (after[k] - before[k] for k in ("dstutor_batches_total",
+                                                                    "dstutor_batched_requests_total"))
                 rows.append({"server": label, "max_batch": max_batch, "concurrency": concurrency,
-                             **summarize(records, duration_s)})
+                             **summarize(records, duration_s), "mean_batch": batched / batches if batches else np.nan})
     return pd.DataFrame(rows)
