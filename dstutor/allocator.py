@@ -2,7 +2,7 @@
 
 glibc serves each allocation of 32 MiB or more with a fresh mmap and unmaps it when it is freed. A
 training step's logits (16 × 128 tokens × 4096 words, 32 MiB in float32) and their gradients are
-such allocations, so every step page-faults and zeroes them again: 18 % of the nano model's step on
+such allocations, so every step page-faults and zeroes them again: a sixth of the nano model's step on
 2 cores (bench/allocator.py). Raising the mmap threshold keeps them in the heap; results are bit-identical.
 """
 import ctypes
