@@ -57,11 +57,11 @@ redis:
 	  echo "warning: no redis-server and no apt-get: the Redis cache test will be skipped"; }
 
 # Two pytest workers (one core each on two cores) that steal queued tests from each other, so neither idles
-# while the other finishes a long chapter. Then, alone: the smoke site built from their chapter runs, and
-# JupyterLab driven in Chromium (under the workers' load its menu once missed the 30 s click timeout).
+# while the other finishes a long chapter. Then the browser tests, after the chapter runs the smoke site is
+# built from: the site in one worker, JupyterLab in the other (one file each, so each keeps its browser).
 test: install chromium redis
 	$(PY) -m pytest -n 2 --dist worksteal -m "not site and not lab" --durations=15
-	$(PY) -m pytest -m "site or lab" --durations=6
+	$(PY) -m pytest -n 2 --dist loadfile -m "site or lab" --durations=6
 	@if [ -d book/_build/html ]; then $(MAKE) --no-print-directory check-site; fi
 
 test-fast: install

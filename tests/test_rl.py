@@ -205,7 +205,8 @@ def test_one_update_per_batch_needs_no_pass_of_the_sampling_policy(tokenizer):
     assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(*grads))
 
 
-def test_cold_start_is_built_once_and_loaded_unchanged(tokenizer):
+def test_cold_start_is_built_once_and_loaded_unchanged(tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("DSTUTOR_CACHE", str(tmp_path))  # an empty cache: the first call builds, whatever ran before
     train, _ = make_problems("addition", (1,), 40, 1, seed=0)
     recipe = Recipe(size="nano", sft_steps=12, sft_lr=1e-2)
     reference = task_model(tokenizer, "nano", seed=3)

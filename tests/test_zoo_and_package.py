@@ -60,6 +60,12 @@ def test_a_failed_build_leaves_nothing_and_the_next_call_builds(tmp_path):
     assert time.perf_counter() - started < 1
 
 
+def test_the_test_session_keeps_smoke_models_by_the_zoos_own_marker():
+    import conftest
+
+    assert conftest.COMPLETE == COMPLETE  # else the smoke models a run builds would never be kept
+
+
 def test_importing_any_dstutor_module_sets_the_offline_variables():
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")}
     code = "import os, dstutor.models.hf; print([os.environ.get(k) for k in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE', 'HF_DATASETS_OFFLINE')])"
