@@ -2,6 +2,7 @@
 import copy
 import dataclasses
 import math
+import random
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ import torch
 from dstutor.rl import (GRPOConfig, Problem, clipped_surrogate, evaluate_expression, extract_answer, format_reward,
                         group_advantages, grpo_loss, k3_kl, make_problems, pass_at_k, rejection_sample, rollout, score,
                         supervised, task_model, task_tokenizer, token_logprobs, total_reward, train_grpo, as_pairs)
-from dstutor.rl.grpo import lr_factor
+from dstutor.rl.grpo import InformativeLevels, lr_factor
 from dstutor.rl.pipeline import Recipe, cold_start, sft_then_grpo
 from dstutor.rl.rewards import accuracy_reward
 
@@ -266,3 +267,24 @@ def test_dropping_degenerate_groups_updates_on_the_informative_ones_only(tokeniz
     kept = samples.subset(torch.tensor([False, False, False, True, True, True]))
     assert kept.texts == samples.texts[3:] and kept.problems == samples.problems[3:] and kept.group_size == 3
     assert torch.equal(kept.sequences, samples.sequences[3:]) and torch.equal(kept.mask, samples.mask[3:])
+
+
+def test_informative_sampling_draws_the_levels_whose_groups_can_still_disagree(tokenizer):
+    train, _ = make_problems("addition", (1, 2, 3), 90, 3, seed=0)
+    levels = InformativeLevels(train, group_size=8, rng=random.Random(0))
+    assert levels.weights() == pytest.approx({1: 1 / 3, 2: 1 / 3, 3: 1 / 3})  # no evidence yet
+    for _ in range(60):  # level 1 always solved, level 2 half the time, level 3 never
+        batch = levels.draw(30)
+        correct = torch.tensor([[float(p.level == 1 or (p.level == 2 and g % 2 == 0)) for g in range(8)] for p in batch])
+        levels.observe(batch, correct)
+    weights = levels.weights()
+    assert levels.accuracy[1] > 0.99 and levels.accuracy[3] < 0.01 and levels.accuracy[2] == pytest.approx(0.5, abs=0.01)
+    assert weights[2] > 0.85 and min(weights[1], weights[3]) >= 0.05  # the floor keeps them measured
+    drawn = levels.draw(60)  # more of level 2 than it holds: all 30 of them, none twice
+    assert sum(p.level == 2 for p in drawn) == 30 and len({id(p) for p in drawn}) == len(drawn)
+    config = GRPOConfig(steps=2, prompts_per_step=4, group_size=4, max_new_tokens=8, warmup_steps=0, progress=False,
+                        sampling="informative")
+    history = train_grpo(task_model(tokenizer, "nano", seed=0), tokenizer, train, total_reward, config)
+    assert {"share level 1", "share level 2", "share level 3"} <= set(history.columns)
+    with pytest.raises(ValueError, match="GRPOConfig.sampling='hardest'"):
+        dataclasses.replace(config, sampling="hardest").validate()

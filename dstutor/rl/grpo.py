@@ -43,6 +43,7 @@ class GRPOConfig:
     warmup_steps: int = 10         # linear learning-rate warmup: Adam's first steps move every weight by ~lr
     inner_steps: int = 1           # updates per batch of rollouts, μ; the clip only acts when μ > 1
     drop_degenerate: bool = False  # leave groups with one reward for all samples out of the update (DAPO §3.2)
+    sampling: str = "uniform"      # "uniform" over the problems, or "informative": levels by their chance of a useful group
     grad_clip: float = 1.0         # max gradient norm
     time_limit_s: float | None = None  # stop early after this much wall-clock (a CPU budget); None: run all steps
     seed: int = 0                  # problem order and sampling
@@ -55,12 +56,45 @@ class GRPOConfig:
                  "beta": self.beta >= 0, "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
                  "temperature": self.temperature > 0, "max_new_tokens": self.max_new_tokens >= 1,
                  "inner_steps": self.inner_steps >= 1, "warmup_steps": self.warmup_steps >= 0,
-                 "time_limit_s": self.time_limit_s is None or self.time_limit_s > 0}
+                 "time_limit_s": self.time_limit_s is None or self.time_limit_s > 0,
+                 "sampling": self.sampling in ("uniform", "informative")}
         for name, ok in rules.items():
             if not ok:
                 hint = " (advantages are normalised within a group: one sample has nothing to compare with)" \
                     if name == "group_size" else ""
                 raise ValueError(f"GRPOConfig.{name}={getattr(self, name)!r} is out of range{hint}")
+
+
+class InformativeLevels:
+    """Draws a step's problems level by level, in proportion to the chance that a level's group is informative,
+    1 − p^G − (1 − p)^G for its running accuracy p: rollouts go where a group can still carry a gradient."""
+
+    def __init__(self, problems: list[Problem], group_size: int, rng: random.Random, floor: float = 0.05,
+                 decay: float = 0.9):
+        self.pools: dict[int, list[Problem]] = {}
+        for problem in problems:
+            self.pools.setdefault(problem.level, []).append(problem)
+        self.accuracy = {level: 0.5 for level in self.pools}  # no evidence yet: every level equally likely
+        self.group_size, self.rng, self.decay = group_size, rng, decay
+        self.floor = min(floor, 1 / len(self.pools))  # many levels: the floors alone cannot exceed the whole
+
+    def weights(self) -> dict[int, float]:
+        """Each level's share of the next step's problems (a floor keeps every level's accuracy measured)."""
+        useful = {level: 1 - p ** self.group_size - (1 - p) ** self.group_size for level, p in self.accuracy.items()}
+        total, spare = sum(useful.values()), 1 - self.floor * len(useful)
+        return {level: self.floor + spare * (u / total if total else 1 / len(useful)) for level, u in useful.items()}
+
+    def draw(self, n: int) -> list[Problem]:
+        weights = self.weights()
+        levels = self.rng.choices(list(weights), list(weights.values()), k=n)
+        return [problem for level, pool in self.pools.items()
+                for problem in self.rng.sample(pool, min(levels.count(level), len(pool)))]
+
+    def observe(self, batch: list[Problem], correct: torch.Tensor) -> None:
+        """Fold one step's accuracy per level (correct: (problems, G) of 0/1) into the running estimates."""
+        for level in {problem.level for problem in batch}:
+            rows = [i for i, problem in enumerate(batch) if problem.level == level]
+            self.accuracy[level] = self.decay * self.accuracy[level] + (1 - self.decay) * correct[rows].mean().item()
 
 
 def lr_factor(step: int, config: GRPOConfig) -> float:
@@ -130,10 +164,12 @@ def train_grpo(policy: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, problems:
                                   betas=(0.9, 0.99), weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(i, config))
     rng, generator = random.Random(config.seed), torch.Generator().manual_seed(config.seed)
+    levels = InformativeLevels(problems, config.group_size, rng) if config.sampling == "informative" else None
     rows, trained_s = [], 0.0  # GRPO's own time: callbacks (evaluations) are not counted
     for step in tqdm(range(config.steps), desc="GRPO", disable=not config.progress, leave=False):
         started = time.perf_counter()
-        batch = rng.sample(problems, min(config.prompts_per_step, len(problems)))
+        batch = (levels.draw(config.prompts_per_step) if levels else
+                 rng.sample(problems, min(config.prompts_per_step, len(problems))))
         samples = rollout(policy, tokenizer, batch, config.group_size, config.max_new_tokens, config.temperature,
                           generator)
         generation_s = time.perf_counter() - started
@@ -147,10 +183,13 @@ def train_grpo(policy: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, problems:
             if keep.any() else {}
         schedule.step()
         correct = score(samples, accuracy_reward)
+        if levels:
+            levels.observe(batch, correct)
         trained_s += time.perf_counter() - started
         rows.append({"step": step + 1, "reward": rewards.mean().item(), "accuracy": correct.mean().item(),
                      "length": samples.lengths.float().mean().item(),
                      "degenerate": (rewards.std(dim=1) == 0).float().mean().item(), **row,
+                     **({f"share level {level}": share for level, share in levels.weights().items()} if levels else {}),
                      "rollout_tokens_per_s": samples.decoded_tokens / generation_s,
                      "step_s": time.perf_counter() - started, "elapsed_s": trained_s})
         rows[-1].update((callback(step + 1, policy) if callback else None) or {})
