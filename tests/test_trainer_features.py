@@ -8,7 +8,8 @@ from test_trainer import pattern_batches, tiny_model
 
 from dstutor.models import DeepSeekConfig
 from dstutor.train import Trainer
-from dstutor.train.callbacks import Callback, EarlyStopping, LiveLossPlot, MFUMeter, TensorBoardLogger, model_flops_per_token, peak_flops
+from dstutor.train.callbacks import (Callback, EarlyStopping, LiveLossPlot, MFUMeter, TensorBoardLogger,
+                                     early_stopping_point, model_flops_per_token, peak_flops)
 
 QUIET = dict(progress=False, eval_every=0)
 
@@ -94,6 +95,29 @@ def test_early_stopping_stops_and_restores_the_best_weights():
     best = history.val_loss.idxmin()
     assert history.step[best] == stopper.best_step and len(history) == stopper.best_step + 2
     assert all(torch.equal(v, snapshots[stopper.best_step][k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("values, patience, min_delta, expected", [
+    ([3.0, 2.0, 2.5, 2.4, 1.0], 2, 0.0, (1, 3)),   # two evaluations without a new best: stop at the second
+    ([3.0, 2.0, 2.5, 1.5, 1.6], 2, 0.0, (3, None)),  # a new best resets the count
+    ([3.0, 2.95, 2.9], 2, 0.1, (0, 2)),              # improvements smaller than min_delta do not count
+    ([], 2, 0.0, (None, None)),
+])
+def test_early_stopping_point_replays_the_rule(values, patience, min_delta, expected):
+    assert early_stopping_point(values, patience, min_delta) == expected
+
+
+def test_replaying_early_stopping_on_a_full_run_matches_stopping_live():
+    def run(callbacks):
+        return Trainer(steps=60, lr=0.3, warmup_steps=0, schedule="constant", eval_every=1, eval_batches=1,
+                       progress=False, callbacks=callbacks).fit(tiny_model(), pattern_batches(), pattern_batches(1))
+
+    full = run([]).dropna(subset=["val_loss"])
+    stopper = EarlyStopping(patience=2)
+    stopped = run([stopper])
+    best, stop = early_stopping_point(full.val_loss.tolist(), patience=2)
+    assert stop is not None and full.step.iloc[stop] == len(stopped) < 60
+    assert full.step.iloc[best] == stopper.best_step and full.val_loss.iloc[best] == stopper.best
 
 
 def test_tensorboard_logger_writes_scalars(tmp_path):

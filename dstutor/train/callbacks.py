@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -66,25 +67,45 @@ class MFUMeter(Callback):
         row["mfu"] = row["tokens_per_s"] * self.flops_per_token / self.peak
 
 
+def early_stopping_point(values: Sequence[float], patience: int,
+                         min_delta: float = 0.0) -> tuple[int | None, int | None]:
+    """The early-stopping rule replayed over a run's evaluations, in order: (index of the best, index where it stops).
+
+    An evaluation improves when it is below the best so far by more than min_delta; the run stops at the
+    `patience`-th evaluation in a row without improvement (None: it never stops). EarlyStopping applies this
+    rule during training; on a finished run's validation history it gives the same answer without training again.
+    """
+    best, best_index, waited = math.inf, None, 0
+    for index, value in enumerate(values):
+        if value < best - min_delta:
+            best, best_index, waited = value, index, 0
+            continue
+        waited += 1
+        if waited >= patience:
+            return best_index, index
+    return best_index, None
+
+
 class EarlyStopping(Callback):
     """Stop when `monitor` has not improved by min_delta for `patience` evaluations; restore the best weights."""
 
     def __init__(self, monitor: str = "val_loss", patience: int = 3, min_delta: float = 0.0,
                  restore_best: bool = True):
         self.monitor, self.patience, self.min_delta, self.restore_best = monitor, patience, min_delta, restore_best
-        self.best, self.best_step, self.waited, self._best_state, self._model = math.inf, None, 0, None, None
+        self.values: list[float] = []  # the monitored value at each evaluation so far
+        self.best, self.best_step, self._best_state, self._model = math.inf, None, None, None
 
     def __call__(self, trainer, model: nn.Module, row: dict) -> None:
         value = row.get(self.monitor)
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return  # not an evaluation step
-        if value < self.best - self.min_delta:
-            self.best, self.best_step, self.waited = value, row["step"], 0
+        self.values.append(value)
+        best_index, stop_index = early_stopping_point(self.values, self.patience, self.min_delta)
+        if best_index == len(self.values) - 1:
+            self.best, self.best_step = value, row["step"]
             if self.restore_best:
                 self._model, self._best_state = model, copy.deepcopy(model.state_dict())
-            return
-        self.waited += 1
-        if self.waited >= self.patience:
+        if stop_index is not None:
             trainer.stop_reason = (f"early stopping at step {row['step']}: {self.monitor} has not improved on "
                                    f"{self.best:.4f} (step {self.best_step}) for {self.patience} evaluations")
 
