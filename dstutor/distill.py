@@ -123,10 +123,9 @@ def generation_speed(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, prob
 def compare_students(teacher: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, train: list[Problem],
                      test: list[Problem], recipe: Recipe, seeds: list[int], temperature: float = 2.0,
                      alpha: float = 0.7, samples: int = 4) -> pd.DataFrame:
-    """Students of recipe.size trained recipe.sft_steps steps per seed: on the solutions, by logit KD, by
-    sequence KD on the teacher's greedy replies, and on its correct samples (R1); held-out scores per run."""
+    """Students of recipe.size trained recipe.sft_steps steps per seed: on the solutions, by logit KD, and on
+    the teacher's correct samples (R1); held-out scores per run. (Sequence KD, teacher_outputs, is an exercise.)"""
     data = {"SFT on the solutions": as_pairs(train),
-            "sequence KD: teacher's greedy replies": teacher_outputs(teacher, tokenizer, train, recipe.eval_tokens),
             "R1 distillation: teacher's correct samples": rejection_sample(teacher, tokenizer, train, samples,
                                                                            recipe.eval_tokens)}
     if data["R1 distillation: teacher's correct samples"].empty:

@@ -184,9 +184,18 @@ def test_multitask_losses_are_weighted_as_configured(tokenizer):
     torch.testing.assert_close(out.loss, 0.7 * sentiment + 0.3 * sft)
     learned = MultiTaskModel(tiny_lm(), weighting="uncertainty").eval()
     with torch.no_grad():
-        learned.log_variance.copy_(torch.tensor([0.5, -0.5]))
-    expected = (torch.exp(-learned.log_variance) * out.task_losses + learned.log_variance).sum()
-    torch.testing.assert_close(learned(**batch).loss, expected)
+        learned.log_variance_raw.copy_(torch.tensor([0.5, -0.5]) / learned.weight_lr_scale)
+    s = torch.tensor([0.5, -0.5])
+    torch.testing.assert_close(learned(**batch).loss, (torch.exp(-s) * out.task_losses + s).sum())
+
+
+def test_learned_task_weights_move_at_their_own_learning_rate(tokenizer):
+    """One Adam step moves each s_i by about weight_lr_scale × lr, so 60 steps can move the weights far from 1."""
+    learned = MultiTaskModel(tiny_lm(), weighting="uncertainty", weight_lr_scale=30.0)
+    optimiser = torch.optim.Adam([learned.log_variance_raw], lr=1e-3)
+    learned(**multitask_batch(tokenizer)).loss.backward()
+    optimiser.step()
+    torch.testing.assert_close(learned.log_variance.detach().abs(), torch.full((2,), 30 * 1e-3), rtol=1e-3, atol=0)
     with pytest.raises(ValueError, match="weighting='equal'"):
         MultiTaskModel(tiny_lm(), weighting="equal")
 

@@ -38,7 +38,7 @@ class MultiTaskModel(nn.Module):
     """
 
     def __init__(self, lm: DeepSeekLM, n_classes: int = 2, weighting: str = "static",
-                 static_weights: tuple[float, float] = (0.7, 0.3)):
+                 static_weights: tuple[float, float] = (0.7, 0.3), weight_lr_scale: float = 30.0):
         super().__init__()
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting={weighting!r}: choose one of {WEIGHTINGS}")
@@ -50,7 +50,16 @@ class MultiTaskModel(nn.Module):
         nn.init.zeros_(self.task_embedding.weight)  # start as the pretrained model
         self.weighting = weighting
         self.register_buffer("static_weights", torch.tensor(static_weights))
-        self.log_variance = nn.Parameter(torch.zeros(len(TASKS))) if weighting == "uncertainty" else None
+        # Adam moves a parameter by about lr per step whatever its gradient, so at the body's lr (1e-3 for
+        # 60 steps) s_i could move 0.06 and the weights stay ≈ 1. s_i = scale · raw_i gives s its own
+        # learning rate, scale · lr, without a second optimiser group.
+        self.weight_lr_scale = weight_lr_scale
+        self.log_variance_raw = nn.Parameter(torch.zeros(len(TASKS))) if weighting == "uncertainty" else None
+
+    @property
+    def log_variance(self) -> torch.Tensor | None:
+        """s_i = log σ_i², learned at weight_lr_scale × the optimiser's learning rate; None for fixed weights."""
+        return None if self.log_variance_raw is None else self.weight_lr_scale * self.log_variance_raw
 
     @contextlib.contextmanager
     def task(self, name: str) -> Iterator[None]:
