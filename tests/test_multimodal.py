@@ -14,7 +14,7 @@ from dstutor.multimodal import (ConvEncoder, DualEncoder, FusionMatcher, Stages,
                                 retrieval_scores, retrieve_images, shape_images, split_pairs, text_config,
                                 zero_shot_accuracy)
 from dstutor.multimodal.fusion import fused_similarity
-from dstutor.multimodal.training import caption_labels, seeded_runs
+from dstutor.multimodal.training import caption_labels, seeded_runs, timed_alike
 from dstutor.train import TrainConfig
 
 
@@ -224,3 +224,13 @@ def test_fusion_scores_each_pair_as_if_alone():
     assert torch.allclose(model.pair_scores(pixels, padded, last), scores, atol=1e-5)
     with pytest.raises(ValueError, match="3 images but 5 captions"):
         model(pixels, ids, last)
+
+
+def test_timed_alike_keeps_the_runs_clocked_the_same_way():
+    """A last odd run alone on two threads is faster than the paired one-thread runs: it is left out of timings."""
+    runs = pd.DataFrame({"variant": ["a", "a", "a", "b", "b"], "seconds": [10.0, 11.0, 6.5, 12.0, 12.5],
+                         "threads": [1, 1, 2, 1, 1]})
+    kept = timed_alike(runs)
+    assert kept.seconds.tolist() == [10.0, 11.0, 12.0, 12.5]
+    alone = runs.assign(threads=2)  # one worker: every run alike, all kept
+    assert len(timed_alike(alone)) == len(runs)

@@ -148,8 +148,9 @@ def seeded_runs(variants: Mapping[str, Callable[[TrainConfig], tuple[nn.Module, 
                 seeds: Sequence[int], score: Callable[[nn.Module], dict]) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
     """Each variant once per seed (initialisation and batches follow it): one row of scores and seconds per run.
 
-    `seconds` times the training, `score_seconds` the scoring. Returns the table, the model of the first seed
-    per variant (for pictures), and every run's history.
+    `seconds` times the training, `score_seconds` the scoring, and `threads` is the run's torch threads (how
+    run_jobs shared the cores with it: see `timed_alike`). Returns the table, the model of the first seed per
+    variant (for pictures), and every run's history.
     """
     if not seeds or not variants:
         raise ValueError("seeded_runs needs at least one variant and one seed")
@@ -162,9 +163,19 @@ def seeded_runs(variants: Mapping[str, Callable[[TrainConfig], tuple[nn.Module, 
         trained = time.perf_counter()
         scores = score(model)
         row = {"variant": name, "seed": seed, "seconds": trained - began, "score_seconds": time.perf_counter() - trained,
-               "val_loss": history.val_loss.dropna().iloc[-1], **scores}
+               "threads": torch.get_num_threads(), "val_loss": history.val_loss.dropna().iloc[-1], **scores}
         return row, model if seed == seeds[0] else None, history.assign(variant=name, seed=seed)
 
     runs = run_jobs(one_run, [(name, seed) for name in variants for seed in seeds], desc="runs")
     models = {row["variant"]: model for row, model, _ in runs if model is not None}
     return pd.DataFrame([row for row, _, _ in runs]), models, pd.concat([h for _, _, h in runs], ignore_index=True)
+
+
+def timed_alike(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs of a seeded_runs table (or several concatenated) whose seconds compare: those on the fewest threads.
+
+    run_jobs runs pairs of runs side by side, one thread each, and a last odd run alone on every thread,
+    which is faster: a variant timed in a call of 3 runs and one timed in a call of 6 would otherwise be
+    clocked differently. With one worker every run has the same threads and all of them are kept.
+    """
+    return runs[runs.threads == runs.threads.min()]
