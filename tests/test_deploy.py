@@ -94,8 +94,15 @@ def test_compare_qat_reuses_grid_free_fine_tunes_across_bit_widths():
     both = table[table.bits == 2].reset_index(drop=True)  # the same numbers as a run at 2 bits alone
     assert both[["recipe", "seed"]].equals(alone[["recipe", "seed"]])
     assert torch.allclose(torch.tensor(both.quantized_loss.values), torch.tensor(alone.quantized_loss.values))
+    coarse = compare_qat(tiny_lm(), train, val, [8, 2], steps=2, seeds=[0, 1], batch_size=4, eval_batches=2,
+                         recipes=RECIPES[1:], qat_bits=[2])  # QAT for the coarsest grid only
+    assert set(coarse[coarse.recipe == RECIPES[-1]].bits) == {2} and set(coarse[coarse.recipe == RECIPES[1]].bits) == {8, 2}
+    expected = table[(table.recipe == RECIPES[1]) | ((table.recipe == RECIPES[-1]) & (table.bits == 2))]
+    assert torch.allclose(torch.tensor(coarse.quantized_loss.values), torch.tensor(expected.quantized_loss.values))
     with pytest.raises(ValueError, match="recipes must be some of"):
         compare_qat(tiny_lm(), train, val, [8], steps=2, seeds=[0], recipes=["dropout"])
+    with pytest.raises(ValueError, match=r"qat_bits=\[4\] must be a non-empty subset of bits=\[8, 2\]"):
+        compare_qat(tiny_lm(), train, val, [8, 2], steps=2, seeds=[0], qat_bits=[4])
 
 
 def test_structured_pruning_keeps_the_strongest_channels_and_shrinks_every_ffn():

@@ -232,6 +232,8 @@ def test_robustness_curve_measures_the_clean_inputs_once_for_every_kind(tokenize
     noisy_rows = curve[curve.level == 0.3].set_index("kind")
     typo = robustness_curve(model, tokenizer, REVIEWS, docs, ["typo"], [0.3]).set_index("kind")
     assert noisy_rows.loc["typo", "perplexity"] == typo.loc["typo", "perplexity"]
+    only_perplexity = robustness_curve(model, tokenizer, REVIEWS, docs, KINDS, [0.0, 0.3], with_accuracy=False)
+    assert only_perplexity.accuracy.isna().all() and only_perplexity.perplexity.equals(curve.perplexity)
 
 
 def test_lineup_trains_the_models_asked_for(tokenizer):

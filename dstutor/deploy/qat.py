@@ -103,18 +103,23 @@ def _fine_tune(base: nn.Module, recipe: str, bits: int | None, train_blocks: dat
 
 def compare_qat(base: nn.Module, train_blocks: datasets.Dataset, val_blocks: datasets.Dataset, bits: Sequence[int],
                 steps: int, seeds: list[int], lr: float = 1e-3, batch_size: int = 16,
-                eval_batches: int = 10, recipes: Sequence[str] = RECIPES) -> pd.DataFrame:
+                eval_batches: int = 10, recipes: Sequence[str] = RECIPES,
+                qat_bits: Sequence[int] | None = None) -> pd.DataFrame:
     """Fine-tune copies of `base` by each recipe per seed, then quantise to each of `bits`; one row per (bits, recipe, seed).
 
     Every recipe gets the same steps, data order and learning rate, so only the training-time
     treatment differs: nothing, the guide's input noise (std 0.1), or fake-quantised weights. The first
-    two never see the grid, so one fine-tuned model per seed serves every bit width; QAT trains once per width.
+    two never see the grid, so one fine-tuned model per seed serves every bit width; QAT trains once per
+    width, for each of `qat_bits` (default: all of `bits`).
     """
     unknown = [r for r in recipes if r not in RECIPES]
     if unknown or not recipes:
         raise ValueError(f"recipes must be some of {RECIPES}, got {list(recipes)}")
+    qat_bits = list(bits) if qat_bits is None else list(qat_bits)
+    if not qat_bits or not set(qat_bits) <= set(bits):
+        raise ValueError(f"qat_bits={qat_bits} must be a non-empty subset of bits={list(bits)}")
     runs = [(recipe, seed, trained_for) for recipe in recipes for seed in seeds
-            for trained_for in (bits if recipe == RECIPES[-1] else [None])]
+            for trained_for in (qat_bits if recipe == RECIPES[-1] else [None])]
 
     def run(key: tuple[str, int, int | None]) -> list[dict]:
         recipe, seed, trained_for = key

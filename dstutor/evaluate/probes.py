@@ -23,8 +23,12 @@ def _noisy_docs(docs: Sequence[dict], tokenizer: PreTrainedTokenizerFast, kind: 
 
 
 def robustness_curve(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, texts: Sequence[str],
-                     docs: Sequence[dict], kinds: Sequence[str], levels: Sequence[float], seed: int = 0) -> pd.DataFrame:
-    """Held-out perplexity of noisy texts and accuracy on noisy questions, per noise kind and level."""
+                     docs: Sequence[dict], kinds: Sequence[str], levels: Sequence[float], seed: int = 0,
+                     with_accuracy: bool = True) -> pd.DataFrame:
+    """Held-out perplexity of noisy texts and accuracy on noisy questions, per noise kind and level.
+
+    with_accuracy=False measures perplexity only (accuracy NaN): for a model already at chance on the clean docs.
+    """
     rows, measured = [], {}
     labels = [doc["label"] for doc in docs]
     for kind in kinds:
@@ -32,8 +36,11 @@ def robustness_curve(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, text
             key = (kind if level else "clean", level)  # level 0 leaves every text as it is: one measurement for all kinds
             if key not in measured:
                 losses = text_losses(model, tokenizer, noisy(texts, kind, level, seed))
-                predictions, _ = choice_predictions(model, tokenizer, _noisy_docs(docs, tokenizer, kind, level, seed))
-                measured[key] = {"perplexity": float(np.exp(losses.mean())), "accuracy": accuracy(predictions, labels)}
+                score = float("nan")
+                if with_accuracy:
+                    predictions, _ = choice_predictions(model, tokenizer, _noisy_docs(docs, tokenizer, kind, level, seed))
+                    score = accuracy(predictions, labels)
+                measured[key] = {"perplexity": float(np.exp(losses.mean())), "accuracy": score}
             rows.append({"kind": kind, "level": level, **measured[key]})
     return pd.DataFrame(rows)
 

@@ -5,10 +5,12 @@ macro-F1, the score of guessing at random, so a number at chance is seen to be a
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pandas as pd
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -40,13 +42,37 @@ class Suite:
     max_new_tokens: int = 24                            # greedy tokens per generated answer
     n_boot: int = 1000                                  # bootstrap resamples per interval (200 is enough for a sketch)
     seed: int = 0                                       # seeds the bootstrap
+    in_pretraining: dict[str, float] = field(default_factory=dict)  # task → share of its items the pretraining text holds
 
 
-def held_out_texts(corpus: str, n: int, chars: int = 200, seed: int = 0) -> list[str]:
-    """n pieces of up to `chars` characters from the corpus documents the zoo's models never trained on."""
-    _, held_out = split_by_document(load_corpus(corpus), val_fraction=HELD_OUT)
+def pretraining_split(corpus: str) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """The corpus documents the zoo pretrains on, and those it holds out (the same hash on each document's id)."""
+    return split_by_document(load_corpus(corpus), val_fraction=HELD_OUT)
+
+
+def _column(documents: datasets.Dataset, name: str) -> list:
+    # In one Arrow call: indexing a filtered Dataset's column and iterating it fetches row by row (~10× slower).
+    return documents.with_format("arrow")[name].to_pylist()
+
+
+def pretrained_texts(corpus: str) -> set[str]:
+    """The texts of the corpus documents the zoo's models pretrain on."""
+    return set(_column(pretraining_split(corpus)[0], "text"))
+
+
+def held_out_texts(corpus: str, n: int, chars: int = 200, seed: int = 0, exclude_repeats: bool = False) -> list[str]:
+    """n pieces of up to `chars` characters from the corpus documents the zoo's models never trained on.
+
+    A held-out document can repeat a pretrained one word for word (the reviews corpus holds most texts
+    twice, under two ids); exclude_repeats=True leaves such documents out.
+    """
+    trained, held_out = pretraining_split(corpus)
+    texts = _column(held_out, "text")
+    if exclude_repeats:
+        repeated = set(_column(trained, "text"))
+        texts = [text for text in texts if text not in repeated]
     # Short documents (a Tang poem) are one piece; long ones are cut, leaving no stub shorter than chars / 2.
-    pieces = [text[i:i + chars] for text in held_out["text"] for i in range(0, max(1, len(text) - chars // 2), chars)]
+    pieces = [text[i:i + chars] for text in texts for i in range(0, max(1, len(text) - chars // 2), chars)]
     if len(pieces) < n:
         raise ValueError(f"corpus {corpus!r} has {len(pieces)} held-out pieces of {chars} characters; asked for {n}")
     order = np.random.default_rng(seed).permutation(len(pieces))[:n]
@@ -83,27 +109,46 @@ def sentiment_docs(reviews: pd.DataFrame, tokenizer: PreTrainedTokenizerFast, n:
             for q, label in zip(questions, reviews.label[:n])]
 
 
+def _idiom_words(documents: datasets.Dataset) -> set[str]:
+    return {json.loads(meta)["word"].strip() for meta in _column(documents, "meta")}
+
+
 def course_suite(tokenizer: PreTrainedTokenizerFast, n_texts: int = 64, n_docs: int = 100, n_generate: int = 48,
                  seen_idioms: int = 100, domains: Sequence[str] = ("tang_poems", "reviews", "python_code", "shakespeare"),
                  seed: int = 0) -> tuple[Suite, pd.DataFrame]:
     """The suite every course model goes through, and the instruction pairs of the `seen_idioms` a fine-tune trains on.
 
-    'seen' tasks ask about those idioms, 'unseen' tasks about idioms no course model trained on.
+    'seen' tasks ask about those idioms (most of them are in the pretraining text too); 'unseen' tasks
+    about idioms whose dictionary entry pretraining held out and no fine-tune trains on. The reviews and
+    perplexity texts come from held-out documents that no pretrained document repeats.
     """
     if not 0 < min(n_docs, n_generate) <= seen_idioms:
         raise ValueError(f"need 0 < n_docs={n_docs} and n_generate={n_generate} ≤ seen_idioms={seen_idioms}")
     pairs = idiom_instructions(seed=seed)
     unseen_pairs, seen_pairs = split_by_idiom(pairs, seen_idioms, seed=seed)
-    _, reviews, _ = sentiment_splits(test_size=max(n_docs, 100), seed=seed)
+    trained_idioms, held_out_idioms = (_idiom_words(part) for part in pretraining_split("idioms"))
+    unseen_pairs = unseen_pairs[unseen_pairs.idiom.isin(held_out_idioms - trained_idioms)]
+    trained_texts = pretrained_texts("reviews")
+    unseen_reviews = set(_column(pretraining_split("reviews")[1], "text")) - trained_texts
+    train, test, _ = sentiment_splits(test_size=100, seed=seed)  # deduplicated, shuffled, labels that agree
+    reviews = pd.concat([test, train]).pipe(lambda frame: frame[frame.text.isin(unseen_reviews)]).reset_index(drop=True)
+    if len(reviews) < n_docs:
+        raise ValueError(f"only {len(reviews)} labelled reviews were held out of pretraining; asked for n_docs={n_docs}")
     explain = {name: frame[frame.direction == "idiom → explanation"].iloc[:n_generate][["prompt", "answer"]]
                for name, frame in (("seen", seen_pairs), ("unseen", unseen_pairs))}
     suite = Suite(
-        perplexity={name: held_out_texts(name, n_texts, seed=seed) for name in domains},
+        perplexity={name: held_out_texts(name, n_texts, seed=seed, exclude_repeats=True) for name in domains},
         choices={"idiom_mc_seen": idiom_choice_docs(seen_pairs, tokenizer, n_docs, seed=seed),
                  "idiom_mc_unseen": idiom_choice_docs(unseen_pairs, tokenizer, n_docs, seed=seed),
                  "sentiment": sentiment_docs(reviews, tokenizer, n_docs)},
         generation={f"explain_{name}": frame.reset_index(drop=True) for name, frame in explain.items()},
         seed=seed)
+    trained_questions = {f"“{word}”是什么意思？" for word in trained_idioms}
+    suite.in_pretraining = {
+        **{task: float(np.mean([doc["question"] in trained_questions for doc in suite.choices[task]]))
+           for task in ("idiom_mc_seen", "idiom_mc_unseen")},
+        **{task: float(frame.prompt.isin(trained_questions).mean()) for task, frame in suite.generation.items()},
+        "sentiment": float(reviews.text[:n_docs].isin(trained_texts).mean())}
     return suite, seen_pairs
 
 

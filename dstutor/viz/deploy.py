@@ -52,7 +52,7 @@ def recipe_bars(results: pd.DataFrame, value: str, title: str, ylabel: str) -> p
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     width = 0.8 / len(recipes)
     for i, recipe in enumerate(recipes):
-        rows = stats[stats.recipe == recipe].set_index("bits").loc[bits]
+        rows = stats[stats.recipe == recipe].set_index("bits").reindex(bits)  # a recipe not run at a width: no bar
         positions = [b + (i - (len(recipes) - 1) / 2) * width for b in range(len(bits))]
         ax.bar(positions, rows["mean"], width, yerr=[rows["mean"] - rows["min"], rows["max"] - rows["mean"]],
                capsize=3, label=recipe)
