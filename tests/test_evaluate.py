@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dstutor.data.tokenizer import chat_prompt, train_tokenizer
-from dstutor.evaluate.adversarial import adversarial_auc, detection_rate
+from dstutor.evaluate.adversarial import adversarial_auc, detection_rate, out_of_fold_scores
 from dstutor.evaluate.harness import export_checkpoint, run_lm_eval, write_task
 from dstutor.evaluate.matrix import SEED_WEIGHTS, dimension_scores, top_model_stability, weighted_score
 from dstutor.evaluate.lineup import fine_tuned_lineup
@@ -123,7 +123,10 @@ def test_adversarial_validation_is_chance_on_one_distribution_and_high_on_a_shif
     rng = np.random.default_rng(0)
     pool = ["".join(rng.choice(list("房间干净服务很好质量太差物流快包装价格贵"), 12)) for _ in range(400)]
     assert abs(adversarial_auc(pool[:200], pool[200:]) - 0.5) < 0.1
-    assert adversarial_auc(pool[:200], noisy(pool[200:], "script", 0.6)) > 0.95
+    shifted = noisy(pool[200:], "script", 0.6)
+    assert adversarial_auc(pool[:200], shifted) > 0.95
+    reused = out_of_fold_scores(pool[:200], shifted, seed=0)  # scores computed once give the same AUC
+    assert adversarial_auc(pool[:200], shifted, scores=reused) == adversarial_auc(pool[:200], shifted)
     assert detection_rate(np.arange(100), [200, 50]) == 0.5
     with pytest.raises(ValueError, match="folds=5"):
         adversarial_auc(pool[:3], pool[3:10])

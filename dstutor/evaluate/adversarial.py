@@ -34,10 +34,13 @@ def out_of_fold_scores(a: Sequence[str], b: Sequence[str], folds: int = 5, seed:
     return scores
 
 
-def adversarial_auc(a: Sequence[str], b: Sequence[str], folds: int = 5, seed: int = 0) -> float:
-    """Out-of-fold ROC AUC of telling a from b: ≈ 0.5 when they come from one distribution."""
+def adversarial_auc(a: Sequence[str], b: Sequence[str], folds: int = 5, seed: int = 0,
+                    scores: Sequence[float] | None = None) -> float:
+    """Out-of-fold ROC AUC of telling a from b: ≈ 0.5 when they come from one distribution.
+
+    scores: out_of_fold_scores(a, b, folds, seed) when already computed (the classifier is not trained again)."""
     _, labels = _texts_and_labels(a, b, folds)
-    return float(roc_auc_score(labels, out_of_fold_scores(a, b, folds, seed)))
+    return float(roc_auc_score(labels, out_of_fold_scores(a, b, folds, seed) if scores is None else scores))
 
 
 def detection_rate(clean_scores: Sequence[float], suspect_scores: Sequence[float], false_alarms: float = 0.05) -> float:

@@ -128,8 +128,9 @@ def course_suite(tokenizer: PreTrainedTokenizerFast, n_texts: int = 64, n_docs: 
     unseen_pairs, seen_pairs = split_by_idiom(pairs, seen_idioms, seed=seed)
     trained_idioms, held_out_idioms = (_idiom_words(part) for part in pretraining_split("idioms"))
     unseen_pairs = unseen_pairs[unseen_pairs.idiom.isin(held_out_idioms - trained_idioms)]
-    trained_texts = pretrained_texts("reviews")
-    unseen_reviews = set(_column(pretraining_split("reviews")[1], "text")) - trained_texts
+    trained_reviews, held_out_reviews = pretraining_split("reviews")
+    trained_texts = set(_column(trained_reviews, "text"))
+    unseen_reviews = set(_column(held_out_reviews, "text")) - trained_texts
     train, test, _ = sentiment_splits(test_size=100, seed=seed)  # deduplicated, shuffled, labels that agree
     reviews = pd.concat([test, train]).pipe(lambda frame: frame[frame.text.isin(unseen_reviews)]).reset_index(drop=True)
     if len(reviews) < n_docs:
