@@ -94,7 +94,7 @@ bench-book: install
 
 # On a CUDA machine: the GPU tests, bench/gpu_mfu.py, bench/model_speed.py and two chapters in full mode,
 # within 7 minutes; without CUDA it says so and exits 0.
-gpu-check: install
+gpu-check: $(VENV)/.installed  # no npm: the check builds no site
 	$(PY) bench/gpu_check.py
 
 # The server under load: concurrency 1 / 8 / 32, batching on and off; zero lost requests and zero 5xx required.

@@ -110,7 +110,7 @@ def teacher_outputs(teacher: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, pro
 
 def generation_speed(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, problems: list[Problem],
                      max_new_tokens: int = 40, repeats: int = 3) -> float:
-    """Greedy decoding throughput in tokens/s (median of repeats, after one warm-up).
+    """Greedy answering throughput in tokens/s, prefill included (median of repeats, after one warm-up).
 
     Counts the tokens decoded, so a model that stops at its end token earlier is not credited for the
     tokens it did not decode."""

@@ -7,7 +7,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from dstutor.data.packing import BlockLoader, batch_stream, pack, split_by_document
-from dstutor.data.tokenizer import pad_right, token_labels, train_tokenizer
+from dstutor.data.tokenizer import pad_right, token_labels, train_tokenizer, until_end
 
 TEXTS = ["To be, or not to be: that is the question.", "这本书写得很好，我很喜欢！「好」。",
          "def f(x):\n\treturn x ** 2  # square\r\n", "床前明月光，疑是地上霜。", "emoji 🙂 and ｆｕｌｌ-width ＡＢＣ"] * 20
@@ -182,3 +182,8 @@ def test_block_loader_errors_name_the_bad_value():
         BlockLoader({"pixels": torch.zeros(3, 1)}, 2, shuffle=False)
     with pytest.raises(ValueError, match="with 0 rows"):
         BlockLoader({}, 1, shuffle=False)
+
+
+@pytest.mark.parametrize("ids, expected", [([5, 6, 1, 7, 1], [5, 6]), ([5, 6], [5, 6]), ([1, 5], []), ([], [])])
+def test_a_reply_ends_before_its_first_end_token(ids, expected):
+    assert until_end(ids, 1) == expected

@@ -59,6 +59,11 @@ def test_gradient_checkpointing_gives_the_same_training():
     assert checkpointed.loss.to_numpy() == pytest.approx(plain.loss.to_numpy(), rel=1e-5)
 
 
+def test_gradient_checkpointing_on_a_model_without_it_is_refused_by_name():
+    with pytest.raises(ValueError, match="Linear has no gradient_checkpointing_enable"):
+        Trainer(steps=1, gradient_checkpointing=True, **QUIET).fit(torch.nn.Linear(4, 4), [torch.zeros(1, 4)])
+
+
 def test_compiled_forward_trains_like_eager():
     # aot_eager traces the graph as inductor does but skips code generation (which takes minutes on 2 cores)
     eager = Trainer(steps=2, **QUIET).fit(tiny_model(), pattern_batches())

@@ -122,10 +122,10 @@ class BlockLoader:
 def batch_stream(train: Iterable[torch.Tensor], start: int = 0) -> Iterator[torch.Tensor]:
     """Endless batches (epoch after epoch) from global batch position `start`, without reading skipped ones.
 
-    Loaders with a `stream(start)` method (dstutor.data.packing.BlockLoader) and sequences (lists) seek
-    directly; any other iterable can only be replayed, which a warning names.
+    A BlockLoader and a sequence (a list) seek directly; any other iterable can only be replayed, which a
+    warning names.
     """
-    if hasattr(train, "stream"):
+    if isinstance(train, BlockLoader):
         return train.stream(start)
     if isinstance(train, Sequence):
         if not len(train):

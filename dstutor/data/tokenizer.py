@@ -47,6 +47,11 @@ def chat_prompt(tokenizer: PreTrainedTokenizerFast, conversation: str | list[dic
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=tokenize, return_dict=False)
 
 
+def until_end(ids: list[int], end_token_id: int) -> list[int]:
+    """A generated reply's token ids before its first end token (all of them if it never ended)."""
+    return ids[:ids.index(end_token_id)] if end_token_id in ids else ids
+
+
 def pad_right(texts: list[str], tokenizer: PreTrainedTokenizerFast,
               max_len: int) -> tuple[list[list[int]], list[int]]:
     """Token ids cut and right-padded to max_len, and each row's last real token index (what causal heads read)."""

@@ -108,7 +108,8 @@ def attention_entropy(model: DeepSeekLM, input_ids: torch.Tensor) -> pd.DataFram
 @torch.no_grad()
 def speed(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, prompt: str, new_tokens: int = 24,
           repeats: int = 5) -> dict[str, float]:
-    """Median seconds to answer one prompt greedily (batch 1, KV cache) and the decoded tokens per second."""
+    """Median seconds to answer one prompt greedily (batch 1, KV cache) and tokens per second of the whole answer,
+    prefill included (what a user waits for; `dstutor.timing.decode_rate` leaves the prefill out)."""
     model.eval()
     ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
     seconds = interleaved_seconds({"answer": lambda _: model.generate(ids, new_tokens)}, repeats + 1)["answer"]
@@ -120,8 +121,8 @@ def speed(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, prompt: str, ne
 @torch.no_grad()
 def interleaved_speed(models: Mapping[str, DeepSeekLM], tokenizer: PreTrainedTokenizerFast, prompt: str,
                       new_tokens: int = 24, rounds: int = 7) -> pd.DataFrame:
-    """Tokens/s per model (median, min, max over rounds), the models timed in turn within each round
-    (`dstutor.timing`: models of equal size then compare equal)."""
+    """Tokens/s of the whole answer, prefill included, per model (median, min, max over rounds), the models
+    timed in turn within each round (`dstutor.timing`: models of equal size then compare equal)."""
     ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
     seconds = interleaved_seconds({name: lambda _, model=model: model.eval().generate(ids, new_tokens)
                                    for name, model in models.items()}, rounds + 1)

@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerFast
 
 from dstutor.data.packing import BlockLoader
 from dstutor.data.sources import load_corpus
-from dstutor.data.tokenizer import chat_prompt
+from dstutor.data.tokenizer import chat_prompt, until_end
 from dstutor.finetune.padding import trim_padding
 from dstutor.train.evaluation import IGNORE_INDEX
 from dstutor.metrics import repeated_ngram_fraction
@@ -88,7 +88,7 @@ def answers(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, prompts: list
         out = model.generate(torch.tensor([questions[i] for i in members]), max_new_tokens,
                              eos_token_id=tokenizer.eos_token_id, **sampling)
         for i, row in zip(members, out[:, length:].tolist()):
-            replies[i] = row[:row.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in row else row
+            replies[i] = until_end(row, tokenizer.eos_token_id)
     return replies
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from dstutor.data.tokenizer import chat_prompt
+from dstutor.data.tokenizer import chat_prompt, until_end
 from dstutor.models import DeepSeekLM
 from dstutor.rl.rewards import accuracy_reward, format_reward
 from dstutor.rl.tasks import Problem
@@ -77,8 +77,8 @@ def rollout(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, problems: lis
     texts = []
     for row, problem_index in enumerate(np.repeat(np.arange(len(problems)), group_size)):
         start = len(prompts[problem_index])
-        ids = sequences[row, start:start + int(mask[row].sum())].tolist()
-        texts.append(tokenizer.decode([t for t in ids if t != tokenizer.eos_token_id]))
+        texts.append(tokenizer.decode(until_end(sequences[row, start:start + int(mask[row].sum())].tolist(),
+                                                tokenizer.eos_token_id)))
     return Rollouts(sequences, mask, texts, [p for p in problems for _ in range(group_size)], group_size, decoded)
 
 

@@ -103,6 +103,21 @@ class TrainOutput(Protocol):
     def logged(self) -> dict[str, torch.Tensor]: ...
 
 
+@runtime_checkable
+class AfterOptimizerStep(Protocol):
+    """A module with work to do after each optimiser step (DeepSeekLM: MoE bias updates); the Trainer calls
+    it on every such module inside the model, so wrappers (classifier, EWC, distiller) need not forward it."""
+
+    def after_optimizer_step(self, applied: bool = True) -> None: ...
+
+
+@runtime_checkable
+class GradientCheckpointing(Protocol):
+    """A model that can recompute activations in the backward pass instead of keeping them."""
+
+    def gradient_checkpointing_enable(self) -> None: ...
+
+
 class NonFiniteError(FloatingPointError):
     """Training produced a NaN or infinite loss or gradient, or fp16's loss scale collapsed."""
 
@@ -165,7 +180,7 @@ class Trainer:
         """Move, wrap (DDP/FSDP) and compile the model as configured; return what forward passes call."""
         cfg = self.config
         if cfg.gradient_checkpointing:
-            if not hasattr(model, "gradient_checkpointing_enable"):
+            if not isinstance(model, GradientCheckpointing):
                 raise ValueError(f"{type(model).__name__} has no gradient_checkpointing_enable()")
             model.gradient_checkpointing_enable()
         if cfg.distributed:
@@ -273,9 +288,8 @@ class Trainer:
         applied = self._apply(step, optimizer, scaler, terms["loss"], norm)
         optimizer.zero_grad(set_to_none=True)
         for module in model.modules():  # each model inside a wrapper (classifier, EWC, distiller) applies its own
-            hook = getattr(type(module), "after_optimizer_step", None)
-            if hook is not None:
-                hook(module, applied=applied)  # a skipped step's expert loads are discarded
+            if isinstance(module, AfterOptimizerStep):
+                module.after_optimizer_step(applied=applied)  # a skipped step's expert loads are discarded
         world = self.context.world_size if self.context else 1
         row = {"step": step + 1, **terms, "lr": scheduler.get_last_lr()[0], "grad_norm": norm,
                "skipped": not applied, "tokens_per_s": tokens * world / (time.perf_counter() - began)}
