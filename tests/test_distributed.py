@@ -46,12 +46,26 @@ def reference():
     return history, model, recorded.loads
 
 
+class Launches(dict):
+    """One 2-process run per setting (6 steps, checkpoints at 3 and 6), launched when a test first reads it:
+    the tests run in several pytest workers, and each should launch only the runs its own tests read."""
+
+    RUNS = {"ddp": ("ddp", EXACT), "fsdp": ("fsdp", EXACT), "ddp-regularised": ("ddp", REGULARISED)}
+
+    def __init__(self, tmp_path_factory):
+        super().__init__()
+        self.tmp_path_factory = tmp_path_factory
+
+    def __missing__(self, name: str) -> tuple[Path, pd.DataFrame]:
+        strategy, options = self.RUNS[name]
+        out = self.tmp_path_factory.mktemp(name)
+        self[name] = out, run_worker(strategy, 6, out, options)
+        return self[name]
+
+
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory):
-    """One 2-process run per setting (6 steps, checkpoints at 3 and 6), shared by the tests below."""
-    runs = {"ddp": ("ddp", EXACT), "fsdp": ("fsdp", EXACT), "ddp-regularised": ("ddp", REGULARISED)}
-    return {name: (out := tmp_path_factory.mktemp(name), run_worker(strategy, 6, out, options))
-            for name, (strategy, options) in runs.items()}
+    return Launches(tmp_path_factory)
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
