@@ -22,7 +22,7 @@ from dstutor.rl.rollouts import rejection_sample, rollout
 from dstutor.rl.tasks import Problem, as_pairs
 from dstutor.train.runner import run_jobs
 from dstutor.timing import interleaved_seconds
-from dstutor.train.evaluation import IGNORE_INDEX
+from dstutor.metrics import IGNORE_INDEX
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,

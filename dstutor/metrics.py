@@ -1,5 +1,5 @@
 """Every metric of the course, one definition each: accuracy, macro-F1, chrF, BLEU, ROUGE, repeated n-grams,
-and bootstrap confidence intervals. It sits below finetune and evaluate, which both score with it.
+bootstrap confidence intervals and the held-out loss. It sits below models, train, finetune and evaluate.
 
 BLEU and chrF come from sacrebleu (BLEU with its "zh" tokenizer when the references hold Chinese, so
 each character is a word); ROUGE from rouge-score with a tokenizer that keeps Chinese characters,
@@ -12,11 +12,18 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
+import contextlib
+from collections.abc import Iterable
+from typing import ContextManager
+
 import numpy as np
 import sacrebleu
+import torch
 from rouge_score import rouge_scorer
 from sklearn.metrics import accuracy_score, f1_score
+from torch import nn
 
+IGNORE_INDEX = -100  # the label value cross-entropy skips (prompt and padding positions)
 CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 UNITS = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[^\W\u3400-\u9fff\uf900-\ufaff]+")  # one Chinese character, or a word
 
@@ -168,3 +175,36 @@ def mean_with_ci(values: Sequence[float], transform: Callable[[float], float] = 
         raise ValueError("no values to average: the list is empty")
     return (transform(array.mean()),
             *bootstrap_ci(lambda idx: transform(array[idx].mean()), array.size, n_boot, seed=seed))
+
+
+# One held-out loss for the whole course: every prediction counts once, whichever batch it falls in.
+# A batch's `main_loss` is a mean over its graded predictions; averaging those means would weigh a
+# prediction in a short batch (or a short SFT answer) more than one in a long one.
+def graded_predictions(batch: torch.Tensor | dict[str, torch.Tensor]) -> int:
+    """How many predictions a batch's main loss averages over: next tokens with a label, or examples."""
+    if not isinstance(batch, dict):
+        return batch[:, 1:].numel()  # a batch of token blocks: every next token
+    labels = batch.get("labels")
+    if labels is None:  # a contrastive batch: one prediction per example
+        return len(next(iter(batch.values())))
+    return int((labels[:, 1:] != IGNORE_INDEX).sum()) if labels.ndim == 2 else len(labels)
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, batches: Iterable[torch.Tensor | dict[str, torch.Tensor]],
+              autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> float:
+    """Mean main loss per graded prediction over all batches (Σ loss·n / Σ n), on the model's own device."""
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items()} if isinstance(batch, dict) else batch.to(device)
+        n = graded_predictions(batch)
+        if not n:
+            continue  # a batch with no graded prediction has no loss to average (cross-entropy returns NaN)
+        with autocast():
+            out = model(**batch) if isinstance(batch, dict) else model(batch, labels=batch)
+        total, count = total + out.main_loss.item() * n, count + n
+    if not count:
+        raise ValueError("the validation data yielded no batches with a graded prediction")
+    return total / count

@@ -20,7 +20,7 @@ from dstutor.finetune.padding import trim_padding
 from dstutor.data.tokenizer import chat_prompt
 from dstutor.finetune.sft import answer, answers, encode_sft, sampling_repetition, sft_example
 from dstutor.train import TrainConfig
-from dstutor.train.evaluation import IGNORE_INDEX
+from dstutor.metrics import IGNORE_INDEX
 from tiny import tiny_lm
 
 

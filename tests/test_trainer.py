@@ -172,8 +172,7 @@ def test_the_trainer_logs_what_the_output_names_and_refuses_an_output_without_th
 
 
 def test_held_out_loss_weights_every_graded_token_once_whatever_the_batching():
-    from dstutor.train import mean_loss
-    from dstutor.train.evaluation import graded_predictions
+    from dstutor.metrics import graded_predictions, mean_loss
     torch.manual_seed(0)
     model = tiny_model().eval()
     blocks = torch.randint(0, 64, (7, 12))

@@ -22,7 +22,7 @@ from torch import nn
 
 from dstutor.continual.ewc import per_sample_gradients
 from dstutor.env import seed_everything
-from dstutor.train import mean_loss
+from dstutor.metrics import mean_loss
 
 # Rényi orders searched for the tightest ε (integers: the closed-form sum below is exact for them).
 ORDERS = tuple(range(2, 256))

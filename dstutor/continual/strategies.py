@@ -23,7 +23,8 @@ from dstutor.continual.tasks import Task
 from dstutor.finetune.freezing import freeze, layer_index
 from dstutor.finetune.lora import add_lora
 from dstutor.models import DeepSeekLM
-from dstutor.train import TrainConfig, Trainer, mean_loss
+from dstutor.metrics import mean_loss
+from dstutor.train import TrainConfig, Trainer
 from dstutor.train.runner import run_jobs
 
 FREEZING = ("none", "by_task", "bottom_half")

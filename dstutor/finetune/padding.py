@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from dstutor.train.evaluation import IGNORE_INDEX
+from dstutor.metrics import IGNORE_INDEX
 
 
 def _width(batch: dict[str, torch.Tensor], prefix: str) -> int | None:

@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from dstutor.metrics import IGNORE_INDEX
 from dstutor.models.attention import KVCache, build_attention
 from dstutor.models.config import DeepSeekConfig
 from dstutor.models.layers import RMSNorm, SwiGLU, rope_angles
 from dstutor.models.moe import DeepSeekMoE, Experts, Router
 
-IGNORE_INDEX = -100  # the label value cross-entropy skips (prompt and padding positions)
 
 
 @dataclass

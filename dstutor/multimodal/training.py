@@ -22,7 +22,7 @@ from dstutor.multimodal.data import ImageSet, tokenize_captions
 from dstutor.multimodal.fusion import FusionMatcher, fused_similarity
 from dstutor.data.packing import BlockLoader
 from dstutor.env import seed_everything
-from dstutor.models.model import IGNORE_INDEX
+from dstutor.metrics import IGNORE_INDEX
 from dstutor.train import TrainConfig, Trainer
 from dstutor.train.runner import run_jobs
 

@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 
 from dstutor.data.packing import batch_stream
 from dstutor.env import choose_device, seed_everything
+from dstutor.metrics import mean_loss
 from dstutor.train import distributed
 from dstutor.train.callbacks import Callback
-from dstutor.train.evaluation import mean_loss
 from dstutor.train.checkpoint import load_latest_checkpoint, save_checkpoint
 from dstutor.train.schedules import lr_multiplier
 
