@@ -9,7 +9,7 @@ from peft import PeftModel
 
 from dstutor.data.packing import BlockLoader
 from dstutor.data.tokenizer import train_tokenizer
-from dstutor.metrics import repeated_ngram_fraction
+from dstutor.metrics import IGNORE_INDEX, repeated_ngram_fraction
 from dstutor.finetune.classify import (LastTokenClassifier, classification_scores, encode_classification,
                                        predict_proba)
 from dstutor.finetune.freezing import freeze, trainable_summary, training_step_cost
@@ -20,7 +20,6 @@ from dstutor.finetune.padding import trim_padding
 from dstutor.data.tokenizer import chat_prompt
 from dstutor.finetune.sft import answer, answers, encode_sft, sampling_repetition, sft_example
 from dstutor.train import TrainConfig
-from dstutor.metrics import IGNORE_INDEX
 from tiny import tiny_lm
 
 

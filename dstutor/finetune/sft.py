@@ -18,8 +18,7 @@ from dstutor.data.packing import BlockLoader
 from dstutor.data.sources import load_corpus
 from dstutor.data.tokenizer import chat_prompt, until_end
 from dstutor.finetune.padding import trim_padding
-from dstutor.metrics import IGNORE_INDEX
-from dstutor.metrics import repeated_ngram_fraction
+from dstutor.metrics import IGNORE_INDEX, repeated_ngram_fraction
 from dstutor.models import DeepSeekLM
 from dstutor.train import TrainConfig, Trainer
 
