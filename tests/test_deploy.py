@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dstutor.deploy.decoding import cache_bytes, decoding_table, same_greedy_tokens, with_context
-from dstutor.deploy.int8 import Int8Experts, Int8Linear, model_bytes, quantize_int8, quantize_rows
+from dstutor.deploy.int8 import Int8Experts, Int8Linear, model_bytes, packed_bytes, quantize_int8, quantize_rows
 from dstutor.deploy.onnx import export_onnx, exportable, onnx_logits, onnx_session, quantize_onnx
 from dstutor.deploy.prune import (channel_importance, channels_to_keep, magnitude_masks, prune_channels,
                                   prune_magnitude, sparsity_of)
@@ -162,6 +162,11 @@ def test_our_latent_cache_decodes_like_transformers_and_is_smaller_than_a_full_c
     model = with_context(tiny_lm().eval(), 256)
     hf_model = to_hf(model)
     assert same_greedy_tokens(model, hf_model, context=20, new_tokens=8)
+    # A model whose greedy choice is its end token: generate(min_new_tokens=...) would mask that token out
+    # and diverge, though both implementations agree on every logit. The parity check decodes plainly.
+    prompt = torch.randint(0, model.config.vocab_size, (1, 20), generator=torch.Generator().manual_seed(0))
+    hf_model.generation_config.eos_token_id = hf_model.config.eos_token_id = int(model.generate(prompt, 1)[0, -1])
+    assert same_greedy_tokens(model, hf_model, context=20, new_tokens=8)
     sizes = cache_bytes(model, hf_model, context=64)
     cfg = model.config
     assert sizes["ours (latent)"] == cfg.num_layers * 64 * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * 4
@@ -170,3 +175,51 @@ def test_our_latent_cache_decodes_like_transformers_and_is_smaller_than_a_full_c
     table = decoding_table(model, [16, 48], new_tokens=3, repeats=1)
     assert set(table.implementation) >= {"ours, absorbed", "ours, naive", "transformers"}
     assert (table.dropna(subset=["tokens_per_s"]).tokens_per_s > 0).all()
+
+
+def test_packed_size_counts_bits_per_integer_and_floats_whole():
+    model = tiny_lm()
+    int8 = quantize_int8(model, "weight")
+    integers = sum(t.numel() for t in int8.state_dict().values() if t.dtype == torch.int8)
+    assert packed_bytes(int8, 8) == model_bytes(int8) and packed_bytes(model, 2) == model_bytes(model)
+    assert model_bytes(int8) - packed_bytes(int8, 2) == integers - (integers * 2 + 7) // 8 > 0
+
+
+def test_deploy_panel_measures_its_settings_beside_the_model_and_adds_a_row():
+    import matplotlib.pyplot as plt
+    from dstutor.widgets import DeployPanel
+    model = tiny_lm()
+    blocks = datasets.Dataset.from_dict({"input_ids": IDS.repeat(8, 1).tolist()})
+    panel = DeployPanel(model, blocks, 1, IDS, IDS[:1, :8], rounds=1)
+    assert panel.values() == {"bits": 8, "channels": 0.0, "mode": "dynamic"}
+    panel.controls["bits"].value, panel.controls["channels"].value, panel.controls["mode"].value = 4, 0.5, "weight"
+    row = panel.run()
+    expected = quantize_int8(prune_channels(model, fraction=0.5)[0], "weight", bits=4)
+    assert row["MB packed"] == pytest.approx(packed_bytes(expected, 4) / 2**20)
+    assert row["MB packed"] < row["MB stored"] == pytest.approx(model_bytes(expected) / 2**20)
+    with torch.no_grad():
+        logits = expected(IDS).logits[:, :-1].flatten(0, 1)
+    assert row.perplexity == pytest.approx(float(logits.log_softmax(-1).gather(1, IDS[:, 1:].reshape(-1, 1)).neg().mean().exp()))
+    panel.controls["bits"].value, panel.controls["channels"].value = 32, 0.0  # the model itself: no change at all
+    same = panel.run()
+    assert same["MB packed"] == pytest.approx(model_bytes(model) / 2**20) and list(panel.results.index) == ["run 1", "run 2"]
+    assert "run 2 done" in panel.message.value and not plt.get_fignums()
+
+
+def test_torchao_quantises_to_our_integers_and_its_model_differs_from_ours_by_at_most_a_step():
+    from dstutor.deploy.torchao_check import torchao_int8, torchao_integers
+    model = tiny_lm()
+    theirs, ours = torchao_int8(model), quantize_int8(model, "weight", experts=False)
+    checked = 0
+    for name, linear in model.named_modules():
+        if isinstance(linear, torch.nn.Linear) and name != "lm_head":
+            q, scale = quantize_rows(linear.weight)
+            assert torch.equal(torchao_integers(linear.weight, scale), q), name  # our scales: our integers
+            their_weight = theirs.get_submodule(name).weight.dequantize()  # their scales: within one step of ours
+            assert ((their_weight - ours.get_submodule(name).weight).abs() <= scale * 1.0001).all(), name
+            checked += 1
+    assert checked >= 6 and isinstance(theirs.lm_head.weight, torch.nn.Parameter)  # the head stays fp32, as in ours
+    with torch.no_grad():
+        reference, a, b = model(IDS).logits, ours(IDS).logits, theirs(IDS).logits
+    # Two roundings of the same weights to grids one step apart: equally far from fp32, not from each other.
+    assert relative_error(a, reference) < 0.01 and 0.5 < relative_error(b, reference) / relative_error(a, reference) < 2

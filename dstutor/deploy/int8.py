@@ -135,3 +135,9 @@ def quantize_int8(model: nn.Module, mode: str = "weight", experts: bool = True,
 def model_bytes(model: nn.Module) -> int:
     """Bytes of every parameter and persistent buffer: what a checkpoint of the model holds."""
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def packed_bytes(model: nn.Module, bits: int) -> int:
+    """model_bytes if every int8 tensor packed its values at `bits` bits each (ours store one per byte)."""
+    return sum((t.numel() * bits + 7) // 8 if t.dtype == torch.int8 else t.numel() * t.element_size()
+               for t in model.state_dict().values())

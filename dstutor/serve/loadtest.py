@@ -109,10 +109,15 @@ def summarize(records: pd.DataFrame, duration_s: float) -> dict[str, float]:
             "p50_tpot_s": float(tpot.median()) if len(ok) else float("nan")}
 
 
+def metrics_text(base_url: str) -> str:
+    """The server's /metrics page: Prometheus text, one `name value` per line, what a scraper reads."""
+    return httpx.get(f"{base_url}/metrics", timeout=10).raise_for_status().text
+
+
 def scrape_counters(base_url: str) -> dict[str, float]:
-    """The server's unlabelled /metrics values by name (Prometheus text: one `name value` per line)."""
-    text = httpx.get(f"{base_url}/metrics", timeout=10).raise_for_status().text
-    return {name: float(value) for name, value in (line.split() for line in text.splitlines()) if "{" not in name}
+    """The server's unlabelled /metrics values by name."""
+    lines = metrics_text(base_url).splitlines()
+    return {name: float(value) for name, value in (line.split() for line in lines) if "{" not in name}
 
 
 def load_matrix(model_dir: str | Path, model: str, prompts: Sequence[str], settings: dict[str, int],
@@ -120,11 +125,12 @@ def load_matrix(model_dir: str | Path, model: str, prompts: Sequence[str], setti
     """One summary row per (server setting, concurrency): each setting is a fresh `dstutor serve` process.
 
     settings maps a label to max_batch (1: batching off). The answer cache is off so every request decodes.
-    mean_batch is the requests per decode batch over the level, read from the server's own /metrics.
+    mean_batch is the requests per decode batch over the level, read from the server's own /metrics;
+    `.attrs["metrics"]` keeps each server's whole /metrics page as the load test left it.
     """
     from dstutor.serve.process import ServerProcess
 
-    rows = []
+    rows, final_metrics = [], {}
     for label, max_batch in settings.items():
         with ServerProcess(model_dir, max_batch=max_batch, cache_size=0) as server:
             run_load(server.base_url, model, prompts[:4], 2, 1.0, max_tokens)  # warm-up: first-call costs
@@ -136,4 +142,7 @@ def load_matrix(model_dir: str | Path, model: str, prompts: Sequence[str], setti
                                                                     "dstutor_batched_requests_total"))
                 rows.append({"server": label, "max_batch": max_batch, "concurrency": concurrency,
                              **summarize(records, duration_s), "mean_batch": batched / batches if batches else np.nan})
-    return pd.DataFrame(rows)
+            final_metrics[label] = metrics_text(server.base_url)
+    table = pd.DataFrame(rows)
+    table.attrs["metrics"] = final_metrics
+    return table

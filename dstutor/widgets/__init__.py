@@ -1,5 +1,6 @@
 """Widgets that rerun experiments in the kernel (JupyterLab); the book shows their last state."""
+from dstutor.widgets.deploy import DeployPanel
 from dstutor.widgets.memory import MemoryPanel
 from dstutor.widgets.panels import HyperParameterPanel
 
-__all__ = ["HyperParameterPanel", "MemoryPanel"]
+__all__ = ["DeployPanel", "HyperParameterPanel", "MemoryPanel"]
