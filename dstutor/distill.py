@@ -7,6 +7,7 @@ the teacher's own outputs: how DeepSeek-R1 distils its reasoning into small dens
 """
 from __future__ import annotations
 
+import dataclasses
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,8 @@ from dstutor.rl.tasks import Problem, as_pairs
 from dstutor.train.runner import run_jobs
 from dstutor.timing import interleaved_seconds
 from dstutor.metrics import IGNORE_INDEX
+
+EVERY_SOLUTION = "SFT on every solution (reference: all prompts labelled)"
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
@@ -123,30 +126,42 @@ def generation_speed(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, prob
 def compare_students(teacher: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, train: list[Problem],
                      test: list[Problem], recipe: Recipe, seeds: list[int], temperature: float = 2.0,
                      alpha: float = 0.7, samples: int = 4) -> pd.DataFrame:
-    """Students of recipe.size trained recipe.sft_steps steps per seed: on the solutions, by logit KD, and on
-    the teacher's correct samples (R1); held-out scores per run. (Sequence KD, teacher_outputs, is an exercise.)"""
-    data = {"SFT on the solutions": as_pairs(train),
+    """Students of recipe.size trained recipe.sft_steps steps per seed; held-out scores per run.
+
+    The student owns the worked solutions of the first recipe.sft_examples problems (None: all) and every
+    prompt. It learns by SFT on those solutions, by logit KD on them, or from the teacher's correct samples
+    on every prompt (R1). With fewer solutions than prompts, a student SFT'd on every solution is the
+    reference of what labelling every prompt would buy. (Sequence KD, teacher_outputs, is an exercise.)
+    """
+    labelled = train[:recipe.sft_examples]
+    data = {"SFT on the labelled solutions": as_pairs(labelled),
             "R1 distillation: teacher's correct samples": rejection_sample(teacher, tokenizer, train, samples,
                                                                            recipe.eval_tokens)}
     if data["R1 distillation: teacher's correct samples"].empty:
         raise ValueError(f"the teacher solved none of the {len(train)} training problems in {samples} samples each: "
                          "there is nothing to distil; train it longer (more SFT or GRPO steps)")
+    every = dataclasses.replace(recipe, sft_examples=None)
+    cold_starts = {"SFT on the labelled solutions": recipe}  # the same recipe's cold start: sft_then_grpo loads it
+    if len(labelled) < len(train):
+        cold_starts[EVERY_SOLUTION] = every
+        data[EVERY_SOLUTION] = as_pairs(train)
     memo = {}  # the frozen teacher's logits, computed once per training example (per worker process)
 
     def student(key: tuple[int, str]) -> dict:
         seed, method = key
-        if method == "SFT on the solutions":  # the cold start of the same recipe: sft_then_grpo's nano runs load it
-            model = cold_start(recipe, tokenizer, train, seed)
+        if method in cold_starts:
+            model = cold_start(cold_starts[method], tokenizer, train, seed)
         elif method in data:
             model = task_model(tokenizer, recipe.size, seed=seed)
             supervised(model, tokenizer, data[method], recipe.sft_steps, lr=recipe.sft_lr, seed=seed)
         else:
             model = task_model(tokenizer, recipe.size, seed=seed)
-            distil_logits(model, teacher, tokenizer, as_pairs(train), recipe.sft_steps, temperature, alpha,
+            distil_logits(model, teacher, tokenizer, as_pairs(labelled), recipe.sft_steps, temperature, alpha,
                           lr=recipe.sft_lr, seed=seed, memo=memo)
         return {**held_out(recipe, model, tokenizer, test, method, seed), "method": method,
-                "examples": len(data[method]) if method in data else len(train)}
+                "examples": len(data[method]) if method in data else len(labelled)}
 
-    methods = [*data, f"logit KD (T={temperature:g}, α={alpha:g})"]
+    methods = ["SFT on the labelled solutions", f"logit KD (T={temperature:g}, α={alpha:g})",
+               "R1 distillation: teacher's correct samples", *([EVERY_SOLUTION] if EVERY_SOLUTION in data else [])]
     rows = run_jobs(student, [(seed, method) for seed in seeds for method in methods], desc="students")
     return pd.DataFrame(rows).drop(columns="stage")

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dstutor.distill import Distiller, distil_logits, distillation_loss, teacher_outputs
+from dstutor.distill import EVERY_SOLUTION, Distiller, compare_students, distil_logits, distillation_loss, teacher_outputs
 from dstutor.rl import GRPOConfig, as_pairs, make_problems, supervised, task_model, task_tokenizer, total_reward
 
 
@@ -63,6 +63,24 @@ def test_teacher_outputs_are_its_greedy_replies(tokenizer):
     teacher = task_model(tokenizer, "nano", seed=0)
     rows = teacher_outputs(teacher, tokenizer, problems, max_new_tokens=6)
     assert list(rows.prompt) == [p.prompt for p in problems] and rows.answer.str.len().le(6 * 9).all()
+
+
+def test_students_learn_from_the_labelled_solutions_the_teachers_samples_or_every_solution(tokenizer, tmp_path,
+                                                                                          monkeypatch):
+    from dstutor.rl.pipeline import Recipe
+    monkeypatch.setenv("DSTUTOR_CACHE", str(tmp_path))
+    train, test = make_problems("addition", (1,), 40, 4, seed=0)
+    teacher = task_model(tokenizer, "nano", seed=0)
+    supervised(teacher, tokenizer, as_pairs(train), steps=60, lr=1e-2)  # so that some of its samples are right
+    recipe = Recipe(size="nano", sft_steps=4, sft_lr=1e-2, sft_examples=10, eval_samples=2, eval_tokens=24)
+    students = compare_students(teacher, tokenizer, train, test, recipe, [0], samples=2).set_index("method")
+    assert list(students.index) == ["SFT on the labelled solutions", "logit KD (T=2, α=0.7)",
+                                    "R1 distillation: teacher's correct samples", EVERY_SOLUTION]
+    assert students.examples.tolist()[:2] == [10, 10] and students.examples[EVERY_SOLUTION] == 40
+    assert 0 < students.examples["R1 distillation: teacher's correct samples"] <= 80  # 40 prompts × 2 samples, filtered
+    every = compare_students(teacher, tokenizer, train, test, Recipe(size="nano", sft_steps=4, sft_lr=1e-2,
+                                                                      eval_samples=2, eval_tokens=24), [0], samples=2)
+    assert EVERY_SOLUTION not in set(every.method) and every.examples.iloc[0] == 40
 
 
 def test_trl_grpo_runs_offline_and_returns_our_model(tokenizer):

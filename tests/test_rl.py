@@ -217,6 +217,11 @@ def test_cold_start_is_built_once_and_loaded_unchanged(tokenizer, tmp_path, monk
         assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
     other = cold_start(recipe, tokenizer, train[:39], seed=3)  # other data: another artefact
     assert any(not torch.equal(a, b) for a, b in zip(other.state_dict().values(), reference.state_dict().values()))
+    first_39 = cold_start(dataclasses.replace(recipe, sft_examples=39), tokenizer, train, seed=3)  # the same 39 solutions
+    assert all(torch.equal(a, b) for a, b in zip(first_39.state_dict().values(), other.state_dict().values()))
+    for bad in (0, 41):
+        with pytest.raises(ValueError, match=f"sft_examples={bad}: need 1 ≤ sft_examples ≤ 40"):
+            cold_start(dataclasses.replace(recipe, sft_examples=bad), tokenizer, train, seed=3)
 
 
 def test_a_snapshot_of_a_longer_run_is_the_shorter_run(tokenizer):

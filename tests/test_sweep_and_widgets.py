@@ -86,6 +86,29 @@ def test_panel_records_a_run_made_before_with_its_starting_values():
     assert list(panel.results.run) == ["run 1", "run 2"] and len(panel.histories) == 2
 
 
+def test_panel_summarises_and_plots_any_history_it_is_given():
+    import matplotlib.pyplot as plt
+
+    def rewards_run(model, train):  # a history without losses, as GRPO logs it
+        return pd.DataFrame({"step": range(1, train.steps + 1), "reward": [train.lr * 100] * train.steps})
+
+    drawn = []
+
+    def plot(histories):
+        drawn.append(list(dict.fromkeys(histories.variant)))
+        return plt.figure()
+
+    panel = HyperParameterPanel(rewards_run, {"model": tiny_model().config, "train": TrainConfig(steps=4)},
+                                {"lr": (1e-4, 1e-1, "log")}, summary=lambda h: {"reward": h.reward.mean()}, plot=plot)
+    panel.controls["lr"].value = 1e-2
+    panel.run()
+    panel.controls["lr"].value = 1e-3
+    panel.run()
+    assert panel.results.reward.tolist() == pytest.approx([1.0, 0.1]) and "val_loss" not in panel.results
+    assert drawn == [["run 1"], ["run 1", "run 2"]] and "run 2 done: reward 0.100" in panel.message.value
+    assert not plt.get_fignums()  # shown in the panel's output, then closed: not drawn again below the cell
+
+
 def test_panel_shows_a_readable_error_for_an_invalid_combination():
     panel = HyperParameterPanel(fake_run, {"model": tiny_model().config, "train": TrainConfig(steps=10, warmup_steps=8)},
                                 {"steps": (1, 50)})

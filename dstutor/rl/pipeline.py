@@ -33,6 +33,7 @@ class Recipe:
     size: str = "small"           # policy size (dstutor.rl.policy.SIZES)
     sft_steps: int = 250          # cold-start SFT steps: enough for pass@8 between ~0.2 and ~0.8
     sft_lr: float = 3e-3          # SFT peak learning rate
+    sft_examples: int | None = None  # worked solutions the cold start trains on (the first ones); None: all
     grpo: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
     eval_samples: int = 8         # samples per held-out problem for pass@k
     eval_tokens: int = 40         # longest completion when evaluating
@@ -41,12 +42,16 @@ class Recipe:
 
 
 def cold_start(recipe: Recipe, tokenizer: PreTrainedTokenizerFast, train: list[Problem], seed: int) -> DeepSeekLM:
-    """A freshly initialised policy after the cold-start SFT (initialisation and batch order follow seed).
+    """A freshly initialised policy after the cold-start SFT on the first recipe.sft_examples problems' solutions.
 
-    Cached by the zoo: chapter 09's runs, its SFT student and bench/grpo.py load one build per recipe and seed.
+    Initialisation and batch order follow seed. Cached by the zoo: chapter 09's runs, its SFT student and
+    bench/grpo.py load one build per recipe and seed.
     """
+    if recipe.sft_examples is not None and not 1 <= recipe.sft_examples <= len(train):
+        raise ValueError(f"sft_examples={recipe.sft_examples}: need 1 ≤ sft_examples ≤ {len(train)} "
+                         "(the training problems), or None for all")
     policy = task_model(tokenizer, recipe.size, seed=seed)  # refuses an unknown size before the key reads it
-    pairs = as_pairs(train)
+    pairs = as_pairs(train[:recipe.sft_examples])
     data = hashlib.sha256(pairs[["prompt", "answer"]].to_json(orient="values").encode()).hexdigest()
     key = {"size": SIZES[recipe.size], "max_len": MAX_LEN, "vocab": sorted(tokenizer.get_vocab().items()),
            "sft_steps": recipe.sft_steps, "sft_lr": recipe.sft_lr, "batch_size": SFT_BATCH, "seed": seed, "data": data}

@@ -7,8 +7,10 @@ import time
 from collections.abc import Callable, Mapping
 
 import ipywidgets as W
+import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
+from matplotlib.figure import Figure
 
 from dstutor.train.sweep import Checked, summarize, with_values
 from dstutor.viz.training import loss_curves
@@ -36,11 +38,15 @@ class HyperParameterPanel:
     """Controls for chosen fields of config dataclasses; Run trains with them and adds a row to `results`.
 
     run(**configs) receives copies of `configs` with the controls' values and returns a training
-    history (a DataFrame with step, loss and optionally val_loss).
+    history (by default a DataFrame with step, loss and optionally val_loss). `summary` turns a history
+    into the table's numbers and `plot` draws all histories (a `variant` column names each run); the
+    defaults read a language model's losses.
     """
 
-    def __init__(self, run: Callable[..., pd.DataFrame], configs: Mapping[str, Checked], ranges: Mapping[str, Range]):
-        self.run_fn, self.configs = run, dict(configs)
+    def __init__(self, run: Callable[..., pd.DataFrame], configs: Mapping[str, Checked], ranges: Mapping[str, Range],
+                 summary: Callable[[pd.DataFrame], dict[str, float]] = summarize,
+                 plot: Callable[[pd.DataFrame], object] = lambda h: loss_curves(h, title="runs so far")):
+        self.run_fn, self.configs, self.summary, self.plot = run, dict(configs), summary, plot
         fields = {name: (key, getattr(config, f.name)) for key, config in self.configs.items()
                   for f in dataclasses.fields(config) for name in (f.name, f"{key}.{f.name}")}
         unknown = [name for name in ranges if name not in fields]
@@ -85,16 +91,22 @@ class HyperParameterPanel:
         """Add a run made with the controls' current values to the table and plot: the panel's, or one the chapter already made."""
         label = f"run {len(self.histories) + 1}"
         self.histories.append(history.assign(variant=label))
-        row = pd.DataFrame([{"run": label, **self.values(), **summarize(history), "seconds": seconds}])
+        numbers = self.summary(history)
+        row = pd.DataFrame([{"run": label, **self.values(), **numbers, "seconds": seconds}])
         self.results = pd.concat([self.results, row], ignore_index=True)
-        self.message.value = f"{label} done: validation loss {row.val_loss.iloc[0]:.3f}"
+        self.message.value = f"{label} done: " + ", ".join(f"{name} {value:.3f}" for name, value in numbers.items())
         self._show_comparison()
 
     def _show_comparison(self) -> None:
         with self.comparison:
             self.comparison.clear_output(wait=True)
             display(self.results.set_index("run").round(4))
-            loss_curves(pd.concat(self.histories), title="runs so far").show()
+            figure = self.plot(pd.concat(self.histories))
+            if isinstance(figure, Figure):
+                display(figure)
+                plt.close(figure)  # else the inline backend draws it a second time below the cell
+            else:
+                figure.show()
 
     def _ipython_display_(self) -> None:
         display(self.widget)
