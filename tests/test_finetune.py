@@ -19,6 +19,7 @@ from dstutor.finetune.multitask import TASKS, MultiTaskModel, paired_tasks
 from dstutor.finetune.padding import trim_padding
 from dstutor.data.tokenizer import chat_prompt
 from dstutor.finetune.sft import answer, answers, encode_sft, sampling_repetition, sft_example
+from dstutor.models import DeepSeekConfig, DeepSeekLM
 from dstutor.train import TrainConfig
 from tiny import tiny_lm
 
@@ -290,3 +291,19 @@ def test_classification_scores_are_the_metrics_modules_scores():
     assert scores["macro_f1"] == pytest.approx((2 / 3 + 1) / 2)
     with pytest.raises(ValueError, match="3 predictions but 2 references"):
         classification_scores([0, 1], [0, 1, 1])
+
+
+def test_lora_and_freezing_arithmetic_counts_what_the_real_model_has():
+    from dstutor.finetune.at_scale import frozen_bottom_compute_cut, lora_state_cut, lora_trainable
+    from dstutor.models.params import layer_counts
+    config = DeepSeekConfig.preset("nano")
+    real = trainable_summary(add_lora(DeepSeekLM(config), 8, 16.0))  # on the CPU, with storage
+    assert lora_trainable(config, 8) == real  # built on the meta device: the same count, no memory
+    active = [layer_counts(config, i)[1] for i in range(config.num_layers)]
+    step = 6 * (sum(active) + config.vocab_size * config.hidden_size)
+    assert frozen_bottom_compute_cut(config, 0) == 0
+    assert frozen_bottom_compute_cut(config, 2) == pytest.approx(4 * (active[0] + active[1]) / step)
+    assert frozen_bottom_compute_cut(config, config.num_layers) < 2 / 3  # the forward pass and the head always run
+    with pytest.raises(ValueError, match="bottom=5: need 0 ≤ bottom ≤ num_layers=4"):
+        frozen_bottom_compute_cut(config, 5)
+    assert lora_state_cut(1000, 0) == 0.75 and lora_state_cut(1000, 10) == pytest.approx(1 - (4000 + 160) / 16000)

@@ -3,10 +3,6 @@ import pytest
 
 from dstutor.models import DeepSeekConfig, DeepSeekLM, dense_baseline_config, parameter_counts
 
-V3 = dict(vocab_size=129280, hidden_size=7168, num_layers=61, num_heads=128, q_lora_rank=1536,
-          kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
-          intermediate_size=18432, moe_intermediate_size=2048, n_routed_experts=256, n_shared_experts=1,
-          num_experts_per_tok=8, n_group=8, topk_group=4, first_k_dense_replace=3, mtp_depth=1)
 
 
 @pytest.mark.parametrize("changes, field, hint", [
@@ -54,10 +50,15 @@ def test_counts_match_the_real_parameters(changes):
     assert sum(p.numel() for p in DeepSeekLM(config).parameters()) == counts["total"] + counts["mtp"]
 
 
-def test_deepseek_v3_is_671b_total_37b_active():
-    counts = parameter_counts(DeepSeekConfig(**V3))
+def test_deepseek_v3_is_671b_total_37b_active_and_builds_on_the_meta_device():
+    import torch
+    config = DeepSeekConfig.preset("v3")
+    counts = parameter_counts(config)
     assert round(counts["total"] / 1e9) == 671 and round(counts["active"] / 1e9) == 38  # paper: "37B"
-    assert 37e9 < counts["active"] < 38e9
+    assert 37e9 < counts["active"] < 38e9 and 11e9 < counts["mtp"] < 12e9  # V3's notes: 11.5 B unique MTP parameters
+    with torch.device("meta"):  # no memory: the counting formula against the real modules at V3's shapes
+        model = DeepSeekLM(DeepSeekConfig.preset("v3", mtp_depth=0))
+    assert sum(p.numel() for p in model.parameters()) == counts["total"]
 
 
 def test_dense_baseline_matches_active_ffn_width():

@@ -57,11 +57,18 @@ class DeepSeekConfig:
                       intermediate_size=1024, moe_intermediate_size=256, n_routed_experts=8,
                       num_experts_per_tok=3, n_group=2, topk_group=1, routed_scaling_factor=2.5,
                       max_position_embeddings=2048),
+        # DeepSeek-V3's shapes (its config.json; MTP depth 1). 671 B parameters: build it on the meta device
+        # to count or inspect it, never to run it here.
+        "v3": dict(vocab_size=129280, hidden_size=7168, num_layers=61, num_heads=128, q_lora_rank=1536,
+                   kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
+                   intermediate_size=18432, moe_intermediate_size=2048, n_routed_experts=256, n_shared_experts=1,
+                   num_experts_per_tok=8, n_group=8, topk_group=4, routed_scaling_factor=2.5,
+                   first_k_dense_replace=3, bias_update_speed=0.001, seq_aux_alpha=0.0001, mtp_depth=1),
     }
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "DeepSeekConfig":
-        """'nano' (2.0 M params, CPU), 'micro' (10.5 M) or 'small' (109 M total, 76 M active; GPU)."""
+        """'nano' (2.0 M params, CPU), 'micro' (10.5 M), 'small' (109 M total, 76 M active; GPU) or 'v3' (shapes only)."""
         if name not in cls.PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(cls.PRESETS)}")
         return cls(**{**cls.PRESETS[name], **overrides})

@@ -14,7 +14,7 @@ def _attention(c: DeepSeekConfig) -> int:
     return q + kv + c.kv_lora_rank * heads * (c.qk_nope_head_dim + c.v_head_dim) + heads * c.v_head_dim * h
 
 
-def _layer(c: DeepSeekConfig, index: int) -> tuple[int, int]:
+def layer_counts(c: DeepSeekConfig, index: int) -> tuple[int, int]:
     """(total, active) parameters of decoder layer `index`."""
     h = c.hidden_size
     common = _attention(c) + 2 * h
@@ -30,10 +30,10 @@ def _layer(c: DeepSeekConfig, index: int) -> tuple[int, int]:
 def parameter_counts(config: DeepSeekConfig) -> dict[str, int]:
     """Total and per-token active parameters: main model (as papers report it) and MTP modules."""
     h, vocab = config.hidden_size, config.vocab_size
-    layers = [_layer(config, i) for i in range(config.num_layers)]
+    layers = [layer_counts(config, i) for i in range(config.num_layers)]
     embed_and_head = 2 * vocab * h + h
     total = embed_and_head + sum(t for t, _ in layers)
     active = embed_and_head + sum(a for _, a in layers)
-    mtp_layer = _layer(config, config.num_layers)
+    mtp_layer = layer_counts(config, config.num_layers)
     mtp = config.mtp_depth * (3 * h + 2 * h * h + mtp_layer[0])
     return {"total": total, "active": active, "embedding_and_head": embed_and_head, "mtp": mtp}
