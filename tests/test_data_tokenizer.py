@@ -150,6 +150,24 @@ def test_block_loader_over_tensors_is_seeded_resumable_and_reshuffled_every_epoc
     assert [ids_of(other) for _ in range(3)] != passes
 
 
+def test_block_loader_with_groups_keeps_each_batch_free_of_repeats_while_rows_allow():
+    groups = torch.arange(40) % 10  # 10 groups of 4 rows
+    data = {"input_ids": torch.arange(40)[:, None]}
+    loader = BlockLoader(data, 8, shuffle=True, seed=3, groups=groups)
+    for epoch in range(3):
+        order = loader.order(epoch)
+        assert sorted(order.tolist()) == list(range(40))  # every row once per epoch
+        batches = [groups[order[i * 8:(i + 1) * 8]].tolist() for i in range(len(loader))]
+        assert all(len(set(batch)) == 8 for batch in batches[:4])  # 5 batches of 8 from 10 groups × 4 rows
+    plain = BlockLoader(data, 8, shuffle=True, seed=3)
+    assert any(len(set(groups[plain.order(0)[i * 8:(i + 1) * 8]].tolist())) < 8 for i in range(5))
+    assert torch.equal(loader.order(1), BlockLoader(data, 8, shuffle=True, seed=3, groups=groups).order(1))  # seekable
+    crowded = BlockLoader(data, 16, shuffle=True, seed=3, groups=groups)  # 16 > 10 groups: repeats are unavoidable
+    assert all(len(set(groups[crowded.order(0)[i * 16:(i + 1) * 16]].tolist())) == 10 for i in range(2))
+    with pytest.raises(ValueError, match="groups has 39 ids for 40 rows"):
+        BlockLoader(data, 8, shuffle=True, groups=groups[:39])
+
+
 def test_block_loader_transform_maps_every_batch_in_iteration_and_stream():
     tensors, dataset = pairs()
 

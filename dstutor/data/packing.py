@@ -55,11 +55,13 @@ class BlockLoader:
     Epoch e is shuffled by (seed, e); shuffled loaders drop the last partial batch, so every batch has
     batch_size rows. A batch is the `input_ids` tensor, or with `fields` (e.g. ("input_ids", "labels")) a
     dict of those columns. `transform` (e.g. dstutor.finetune.padding.trim_padding) maps every batch.
+    With `groups` (one id per row), a shuffled batch holds no two rows of a group while the epoch's
+    remaining rows allow it: a contrastive batch then has no duplicate contents to count as negatives.
     """
 
     def __init__(self, data: datasets.Dataset | Mapping[str, torch.Tensor], batch_size: int, shuffle: bool,
                  seed: int = 0, fields: tuple[str, ...] | None = None,
-                 transform: Callable[[Batch], Batch] | None = None):
+                 transform: Callable[[Batch], Batch] | None = None, groups: torch.Tensor | None = None):
         if isinstance(data, datasets.Dataset):
             columns, n = data.column_names, len(data)
         else:
@@ -79,7 +81,10 @@ class BlockLoader:
         self.data = (data.with_format("torch", columns=names) if isinstance(data, datasets.Dataset)
                      else {name: data[name] for name in names})
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        if groups is not None and len(groups) != n:
+            raise ValueError(f"groups has {len(groups)} ids for {n} rows: give one per row")
         self.fields, self.transform = fields, transform
+        self.groups = None if groups is None else groups.tolist()
         self.epochs_started = 0  # iter() walks epoch 0, 1, 2, … like a DataLoader reshuffling each epoch
         self._order: tuple[int, torch.Tensor] | None = None
 
@@ -93,8 +98,29 @@ class BlockLoader:
             return torch.arange(self.n)
         if self._order is None or self._order[0] != epoch:
             seed = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0])
-            self._order = epoch, torch.randperm(self.n, generator=torch.Generator().manual_seed(seed))
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(seed))
+            self._order = epoch, order if self.groups is None else self._distinct(order)
         return self._order[1]
+
+    def _distinct(self, order: torch.Tensor) -> torch.Tensor:
+        """`order` regrouped into batches of distinct groups: each takes the first rows of groups it lacks."""
+        pending, regrouped = order.tolist(), []
+        while len(pending) >= self.batch_size:
+            batch, seen, rest, read = [], set(), [], 0
+            for row in pending:
+                if len(batch) == self.batch_size:
+                    break
+                read += 1
+                if self.groups[row] in seen:
+                    rest.append(row)
+                else:
+                    batch.append(row)
+                    seen.add(self.groups[row])
+            rest += pending[read:]
+            short = self.batch_size - len(batch)  # too few groups left: the batch takes repeats
+            regrouped += batch + rest[:short]
+            pending = rest[short:]
+        return torch.tensor(regrouped + pending)
 
     def batch(self, epoch: int, index: int) -> Batch:
         """Batch `index` of epoch `epoch`, transformed."""

@@ -76,9 +76,13 @@ class Stages:
 
 
 def fit_clip(model: DualEncoder | FusionMatcher, train: dict[str, torch.Tensor], val: dict[str, torch.Tensor],
-             config: TrainConfig, batch_size: int) -> pd.DataFrame:
-    """Contrastive training; validation loss on shuffled held-out batches of the same size (chance = ln B)."""
-    train_loader = BlockLoader(train, batch_size, shuffle=True, seed=config.seed, fields=tuple(train))
+             config: TrainConfig, batch_size: int, contents: torch.Tensor | None = None) -> pd.DataFrame:
+    """Contrastive training; validation loss on shuffled held-out batches of the same size (chance = ln B).
+
+    With `contents` (one id per training pair), no training batch holds two pairs of the same content
+    while the data allows it, so every other caption in a batch is a true negative.
+    """
+    train_loader = BlockLoader(train, batch_size, shuffle=True, seed=config.seed, fields=tuple(train), groups=contents)
     # the same shuffled held-out batches at every evaluation (a fresh loader's first pass: epoch 0),
     # so the curve compares like with like
     val_loader = list(BlockLoader(val, min(batch_size, len(val["pixels"])), shuffle=True, seed=12345,
@@ -94,8 +98,11 @@ def _stage(model: nn.Module, data: dict[str, torch.Tensor], config: TrainConfig,
 
 
 def fit_staged(model: DualEncoder, train: dict[str, torch.Tensor], val: dict[str, torch.Tensor],
-               stages: Stages, config: TrainConfig, batch_size: int) -> pd.DataFrame:
-    """Progressive training; one history over all stages (`stage` column, `step` counted across them)."""
+               stages: Stages, config: TrainConfig, batch_size: int, contents: torch.Tensor | None = None) -> pd.DataFrame:
+    """Progressive training; one history over all stages (`stage` column, `step` counted across them).
+
+    `contents` (see fit_clip) shapes the batches of the two contrastive stages.
+    """
     pieces = [_stage(ImageDenoiser(model.image_encoder), {"pixels": train["pixels"]}, config, stages.image,
                      batch_size, "image"),
               _stage(model.text_encoder.lm, {"input_ids": train["input_ids"], "labels": caption_labels(train)},
@@ -103,11 +110,11 @@ def fit_staged(model: DualEncoder, train: dict[str, torch.Tensor], val: dict[str
     towers = [model.image_encoder, model.text_encoder]
     for tower in towers:
         tower.requires_grad_(False)
-    pieces.append(fit_clip(model, train, val, dataclasses.replace(config, steps=stages.align), batch_size)
+    pieces.append(fit_clip(model, train, val, dataclasses.replace(config, steps=stages.align), batch_size, contents)
                   .assign(stage="align"))
     for tower in towers:
         tower.requires_grad_(True)
-    pieces.append(fit_clip(model, train, val, dataclasses.replace(config, steps=stages.joint), batch_size)
+    pieces.append(fit_clip(model, train, val, dataclasses.replace(config, steps=stages.joint), batch_size, contents)
                   .assign(stage="joint"))
     offset = 0
     for piece in pieces:
