@@ -3,6 +3,7 @@ without raw MyST text, solutions are collapsed until clicked, no news prompt app
 runs in the browser (smoke sizes), where moving a control and pressing Run retrains and updates the panel."""
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -112,17 +113,43 @@ KERNEL_STATUS = "() => document.querySelector('.jp-Notebook-ExecutionIndicator')
 PROMPTS = "() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')].map(p => p.textContent.trim())"
 
 
-def run_all(tab) -> None:
+def wait_for_kernel(tab, lab, name: str) -> None:
+    """Wait until the server runs an idle kernel for notebook `name` and the page shows it by name.
+
+    The page's execution indicator reads 'idle' before any kernel exists (its default), and Run All
+    clicked before the kernel specs have loaded opens a "Select Kernel" dialog that blocks the page.
+    """
+    base, token = lab
+    deadline = time.time() + 180
+    while not any(session["path"].endswith(name) and session["kernel"]["execution_state"] == "idle"
+                  for session in json.load(urllib.request.urlopen(f"{base}/api/sessions?token={token}", timeout=10))):
+        if time.time() > deadline:
+            pytest.fail(f"no idle kernel for {name} after 180 s")
+        time.sleep(0.5)
+    kernel_named = "() => { const n = document.querySelector('.jp-Toolbar-kernelName'); return n && n.textContent.trim() && n.textContent.trim() !== 'No Kernel'; }"
+    tab.wait_for_function(kernel_named, timeout=60_000, polling=500)
+    tab.wait_for_function(f"() => ({KERNEL_STATUS})() === 'idle'", timeout=60_000, polling=500)
+
+
+def click(tab, locator) -> None:
+    """Click, or fail with the text of the JupyterLab dialog that blocks the page."""
+    dialog = tab.locator(".jp-Dialog")
+    if dialog.count() and dialog.first.is_visible():
+        pytest.fail(f"a JupyterLab dialog blocks the page: {dialog.first.inner_text()!r}")
+    locator.click()
+
+
+def run_all(tab, lab, name: str) -> None:
     """Run every cell from the Run menu and wait until all have run, failing with the first error.
 
-    On a loaded machine the kernel may still be starting when the notebook renders, and a menu
-    command clicked then does nothing: wait for an idle kernel, and click again if no cell started.
+    On a loaded machine the kernel may still be starting when the notebook renders: wait for it,
+    and click again if no cell started.
     """
-    tab.wait_for_function(f"() => ({KERNEL_STATUS})() === 'idle'", timeout=180_000, polling=500)
+    wait_for_kernel(tab, lab, name)
     started = "() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')].some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))"
     for _ in range(3):
-        tab.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-        tab.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        click(tab, tab.locator(".lm-MenuBar-itemLabel", has_text="Run").first)
+        click(tab, tab.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first)
         try:
             tab.wait_for_function(started, timeout=30_000, polling=500)
             break
@@ -142,8 +169,9 @@ def run_all(tab) -> None:
 
 
 def test_a_chapter_runs_in_lab_and_its_panel_reruns_on_click(browser, lab):
-    tab = open_notebook(browser, lab, f"smoke_{PANEL_CHAPTER.name}", "running")
-    run_all(tab)
+    name = f"smoke_{PANEL_CHAPTER.name}"
+    tab = open_notebook(browser, lab, name, "running")
+    run_all(tab, lab, name)
     panel = tab.locator(".jupyter-widgets.widget-vbox", has=tab.get_by_role("button", name="Run")).first
     panel.scroll_into_view_if_needed()
     message = panel.locator(".widget-html").first
