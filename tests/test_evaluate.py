@@ -10,14 +10,15 @@ import torch
 from dstutor.data.tokenizer import chat_prompt, train_tokenizer
 from dstutor.evaluate.adversarial import adversarial_auc, detection_rate, out_of_fold_scores
 from dstutor.evaluate.harness import export_checkpoint, run_lm_eval, write_task
-from dstutor.evaluate.matrix import SEED_WEIGHTS, dimension_scores, top_model_stability, weighted_score
+from dstutor.evaluate.matrix import SEED_WEIGHTS, dimension_scores, raw_measures, top_model_stability, weighted_score
 from dstutor.evaluate.lineup import fine_tuned_lineup
 from dstutor.metrics import METRICS, bootstrap_ci, mean_with_ci, score, score_with_ci
 from dstutor.evaluate.noise import KINDS, add_noise, noisy
 from dstutor.evaluate.probes import counterfactual_gap, robustness_curve, robustness_score
-from dstutor.evaluate.scoring import (attention_entropy, choice_predictions, continuation_logliks, interleaved_speed,
-                                      text_losses)
-from dstutor.evaluate.suite import Suite, chance_levels, evaluate
+from dstutor.evaluate.scoring import (attention_entropy, calibrated_predictions, choice_predictions, continuation_logliks,
+                                      interleaved_speed, text_losses)
+from dstutor.evaluate.suite import Suite, chance_levels, cloze_docs, evaluate
+from dstutor.viz.evaluate import scores_with_chance
 from dstutor.widgets.weights import WeightsPanel
 from tiny import tiny_lm
 
@@ -153,6 +154,18 @@ def test_continuation_loglik_is_the_sum_of_next_token_log_probabilities(tokenize
     assert continuation_logliks(model, tokenizer, [(context, continuation)])[0] == pytest.approx(expected, abs=1e-4)
 
 
+def test_a_token_across_the_boundary_keeps_the_context_tokenised_alone_as_lm_eval_does(tokenizer):
+    model = tiny_lm().eval()
+    context, continuation = "这条评论是好", "评还是差评？"  # 好评 is one token of the whole, 好 ends the context alone
+    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+    context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+    assert whole[:len(context_ids)] != context_ids  # the case this test is about
+    ids = context_ids + whole[len(context_ids):]
+    logprobs = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1], -1)
+    expected = sum(logprobs[i - 1, ids[i]].item() for i in range(len(context_ids), len(ids)))
+    assert continuation_logliks(model, tokenizer, [(context, continuation)])[0] == pytest.approx(expected, abs=1e-4)
+
+
 def test_evaluate_returns_tidy_rows_and_a_saved_checkpoint_scores_the_same(tokenizer, docs, tmp_path):
     suite = Suite(perplexity={"reviews": REVIEWS}, choices={"reviews_mc": docs},
                   generation={"echo": pd.DataFrame({"prompt": REVIEWS[:2], "answer": REVIEWS[:2]})},
@@ -259,3 +272,67 @@ def test_lineup_distils_from_the_teacher_given_as_from_its_own_sft_model(tokeniz
     assert all(torch.equal(p, q) for p, q in zip(given["distilled"].parameters(), both["distilled"].parameters()))
     other = fine_tuned_lineup(base, start, tokenizer, pairs, 2, seed=3, names=("distilled",), teacher=tiny_lm(2))
     assert not all(torch.equal(p, q) for p, q in zip(other["distilled"].parameters(), both["distilled"].parameters()))
+
+
+def test_calibration_divides_out_a_label_prior_and_ignores_a_constant_bias():
+    # Every review prefers label 1 by a margin that the content-free input shows as well: the prior, not the review.
+    logliks = [np.array([-1.8, -1.0]), np.array([-1.5, -1.0]), np.array([-3.0, -1.0])]
+    free = [np.array([-2.2, -1.0]), np.array([-1.8, -1.0])]
+    assert [int(np.argmax(row)) for row in logliks] == [1, 1, 1]
+    calibrated = calibrated_predictions(logliks, free)
+    assert calibrated == [0, 0, 1]  # the first two prefer 1 by less than the prior does
+    bias = np.array([5.0, -3.0])  # a bias every context shares (a label word's frequency) changes nothing
+    assert calibrated_predictions([row + bias for row in logliks], [row + bias for row in free]) == calibrated
+    with pytest.raises(ValueError, match="no content-free scores"):
+        calibrated_predictions(logliks, [])
+    with pytest.raises(ValueError, match="the same choices"):
+        calibrated_predictions(logliks, [np.zeros(3)])
+
+
+def test_evaluate_adds_calibrated_rows_equal_to_calibrating_by_hand(tokenizer, docs):
+    free = [chat_prompt(tokenizer, text, tokenize=False) for text in ("N/A", "")]
+    suite = Suite(perplexity={}, choices={"reviews_mc": docs}, content_free={"reviews_mc": free}, n_boot=20)
+    model = tiny_lm().eval()
+    table = evaluate(model, suite, tokenizer).set_index(["task", "metric"]).value
+    _, logliks = choice_predictions(model, tokenizer, docs)
+    _, free_logliks = choice_predictions(model, tokenizer, [{"context": c, "choices": docs[0]["choices"]} for c in free])
+    by_hand = calibrated_predictions(logliks, free_logliks)
+    assert table[("reviews_mc_calibrated", "accuracy")] == pytest.approx(
+        np.mean([p == d["label"] for p, d in zip(by_hand, docs)]))
+
+
+def test_cloze_items_hold_the_true_continuation_and_contexts_end_in_a_character():
+    rng = np.random.default_rng(0)
+    texts = ["".join(rng.choice(list("abcdefg  \n"), 60)) for _ in range(12)]  # contexts may end in whitespace
+    items = cloze_docs(texts, 6, context_chars=20, continuation_chars=10, seed=1)
+    assert len(items) == 6
+    for text, item in zip(texts, items):
+        assert not item["context"][-1].isspace() and text.startswith(item["context"])
+        truth = item["choices"][item["label"]]
+        assert text[len(item["context"]):].startswith(truth) and len(set(item["choices"])) == 4
+        assert all(choice in " ".join(texts) for choice in item["choices"])  # distractors are cut from other texts
+    with pytest.raises(ValueError, match="need ≥ 20"):
+        cloze_docs(texts, 20)
+    with pytest.raises(ValueError, match="distinct continuations"):
+        cloze_docs(["the same text, again and again, the same"] * 6, 2, context_chars=10, continuation_chars=5)
+
+
+def test_raw_measures_read_one_seeds_rows_and_name_missing_models():
+    rows = pd.DataFrame({"model": ["a", "a", "a", "b", "b", "b"],
+                         "task": ["explain_sft", "explain_unseen", "sentiment_calibrated"] * 2,
+                         "metric": ["rougeL", "rougeL", "macro_f1"] * 2, "value": [40.0, 20.0, 0.6, 10.0, 10.0, 0.4]})
+    probes = pd.DataFrame({"robustness": [0.9, 0.8], "concentration": [0.3, 0.2], "gap": [0.01, -0.02]}, index=["b", "a"])
+    measures = raw_measures(rows, probes, pd.Series({"a": 100.0, "b": 50.0}))
+    assert list(measures.index) == ["b", "a"] and measures.loc["a", "rougeL"] == 30.0
+    assert measures.loc["a", "sentiment_macro_f1"] == 0.6 and measures.loc["b", "tokens_per_s"] == 50.0
+    assert dimension_scores(measures).loc["a", "efficiency"] == 1.0
+    with pytest.raises(ValueError, match=r"models \['c'\]"):
+        raw_measures(rows, pd.concat([probes, probes.iloc[:1].rename(index={"b": "c"})]), pd.Series({"a": 1.0, "b": 1.0}))
+
+
+def test_scores_with_chance_puts_three_tasks_to_a_row():
+    table = pd.DataFrame([{"model": m, "task": t, "metric": "accuracy", "value": 0.5, "ci_low": 0.4, "ci_high": 0.6,
+                           "chance": 0.25} for t in "abcde" for m in ("x", "y")])
+    fig = scores_with_chance(table, list("abcde"), "accuracy", "title", "accuracy")
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(fig.axes) == 6 and [ax.get_title() for ax in visible] == list("abcde")

@@ -3,7 +3,7 @@
 Each dimension is a number in [0, 1], higher is better, defined from measured values:
 accuracy = ROUGE-L of generated explanations / 100; robustness = clean over noisy perplexity;
 efficiency = decoding speed relative to the fastest model; interpretability = attention
-concentration; fairness = 1 − |counterfactual gap|; adaptability = zero-shot sentiment macro-F1.
+concentration; fairness = 1 − |counterfactual gap|; adaptability = calibrated zero-shot sentiment macro-F1.
 """
 from __future__ import annotations
 
@@ -15,6 +15,18 @@ import pandas as pd
 SEED_WEIGHTS = {"accuracy": 0.3, "robustness": 0.2, "efficiency": 0.15, "interpretability": 0.15,
                 "fairness": 0.1, "adaptability": 0.1}  # the guide's weights, in its order
 DIMENSIONS = tuple(SEED_WEIGHTS)
+
+
+def raw_measures(rows: pd.DataFrame, probes: pd.DataFrame, tokens_per_s: pd.Series) -> pd.DataFrame:
+    """What dimension_scores reads, per model of `probes` (robustness, concentration, gap): ROUGE-L (mean over
+    the generation tasks) and calibrated sentiment macro-F1 from evaluate()'s rows of those models, and their speed."""
+    rouge = rows[rows.metric == "rougeL"].groupby("model").value.mean()
+    sentiment = rows[(rows.task == "sentiment_calibrated") & (rows.metric == "macro_f1")].set_index("model").value
+    if missing := set(probes.index) - set(rouge.index) - set(sentiment.index) - set(tokens_per_s.index):
+        raise ValueError(f"no evaluate() rows or speed for models {sorted(missing)}")
+    return pd.DataFrame({"rougeL": rouge, "robustness": probes.robustness, "tokens_per_s": tokens_per_s,
+                         "concentration": probes.concentration, "gap": probes.gap,
+                         "sentiment_macro_f1": sentiment}).loc[probes.index]
 
 
 def dimension_scores(measures: pd.DataFrame) -> pd.DataFrame:

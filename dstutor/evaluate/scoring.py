@@ -2,7 +2,8 @@
 attention entropy and speed. The building blocks `evaluate` and the probes share.
 
 Choices are scored as lm-evaluation-harness scores them (the continuation's tokens are the tokens of
-context + continuation after those of the context alone), so the two agree document by document.
+context + continuation after those of the context alone, fed after the context's own tokens), so the
+two agree document by document.
 """
 from __future__ import annotations
 
@@ -48,11 +49,13 @@ def continuation_logliks(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast,
     rows, lengths = [], []
     for context, continuation in pairs:
         whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
-        n_context = len(tokenizer(context, add_special_tokens=False)["input_ids"])
-        if n_context == 0 or n_context >= len(whole):
+        context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+        if not context_ids or len(context_ids) >= len(whole):
             raise ValueError(f"context and continuation must both be non-empty text; got {context!r}, {continuation!r}")
-        rows.append(whole)
-        lengths.append(len(whole) - n_context)
+        # The context as tokenised alone, then the rest of the whole: where a token spans the boundary, this
+        # differs from `whole`, and lm-eval feeds this.
+        rows.append(context_ids + whole[len(context_ids):])
+        lengths.append(len(whole) - len(context_ids))
     scores = _token_logprobs(model, rows, tokenizer.pad_token_id, batch_size)
     return np.array([row[-length:].sum() for row, length in zip(scores, lengths)])
 
@@ -69,6 +72,18 @@ def choice_predictions(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast,
         logliks.append(flat[start:start + len(doc["choices"])])
         start += len(doc["choices"])
     return [int(np.argmax(row)) for row in logliks], logliks
+
+
+def calibrated_predictions(logliks: Sequence[np.ndarray], content_free: Sequence[np.ndarray]) -> list[int]:
+    """Contextual calibration (Zhao et al. 2021): each choice's probability divided by its mean probability
+    after content-free inputs, then the argmax; a prior for one label no longer decides every answer."""
+    if not content_free:
+        raise ValueError("no content-free scores to calibrate with")
+    if {len(row) for row in [*logliks, *content_free]} != {len(content_free[0])}:
+        raise ValueError("every doc and content-free input must score the same choices")
+    normalised = lambda row: np.asarray(row) - np.logaddexp.reduce(row)  # log-probabilities over the choices
+    log_prior = np.log(np.mean([np.exp(normalised(row)) for row in content_free], axis=0))
+    return [int(np.argmax(normalised(row) - log_prior)) for row in logliks]
 
 
 def text_losses(model: DeepSeekLM, tokenizer: PreTrainedTokenizerFast, texts: Sequence[str],

@@ -19,7 +19,7 @@ from dstutor.continual.tasks import HELD_OUT
 from dstutor.data.packing import split_by_document
 from dstutor.data.sources import load_corpus
 from dstutor.data.tokenizer import chat_prompt
-from dstutor.evaluate.scoring import choice_predictions, greedy_answers, speed, text_losses
+from dstutor.evaluate.scoring import calibrated_predictions, choice_predictions, greedy_answers, speed, text_losses
 from dstutor.finetune.classify import sentiment_splits
 from dstutor.finetune.sft import idiom_instructions, split_by_idiom
 from dstutor.models import DeepSeekLM
@@ -28,6 +28,7 @@ from dstutor.models.hf import load_pretrained
 
 COLUMNS = ["model", "task", "metric", "value", "ci_low", "ci_high", "n", "chance"]
 SENTIMENT_CHOICES = ("差评", "好评")  # label 0 negative, 1 positive (dstutor.finetune.classify.SENTIMENTS)
+CONTENT_FREE = ("N/A", "", "[MASK]")  # the content-free inputs of Zhao et al. (2021), in place of a review
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Suite:
     n_boot: int = 1000                                  # bootstrap resamples per interval (200 is enough for a sketch)
     seed: int = 0                                       # seeds the bootstrap
     in_pretraining: dict[str, float] = field(default_factory=dict)  # task → share of its items the pretraining text holds
+    content_free: dict[str, list[str]] = field(default_factory=dict)  # task → contexts without content: '<task>_calibrated' rows
 
 
 def pretraining_split(corpus: str) -> tuple[datasets.Dataset, datasets.Dataset]:
@@ -109,6 +111,33 @@ def sentiment_docs(reviews: pd.DataFrame, tokenizer: PreTrainedTokenizerFast, n:
             for q, label in zip(questions, reviews.label[:n])]
 
 
+def cloze_docs(texts: Sequence[str], n: int, context_chars: int = 48, continuation_chars: int = 24, options: int = 4,
+               seed: int = 0) -> list[dict]:
+    """Which text comes next? A held-out text's first characters, its true continuation among options − 1
+    continuations cut from the other texts. The context never ends in whitespace (lm-eval would move it)."""
+    cut = []
+    for text in texts:
+        k = context_chars
+        while k < len(text) and text[k - 1].isspace():
+            k += 1
+        if text[k:k + continuation_chars].strip():
+            cut.append((text[:k], text[k:k + continuation_chars]))
+    if len(cut) < max(n, options):
+        raise ValueError(f"{len(cut)} texts are long enough for a cloze item of {context_chars} + {continuation_chars} "
+                         f"characters; need ≥ {max(n, options)}")
+    rng = np.random.default_rng(seed)
+    docs = []
+    for i, (context, truth) in enumerate(cut[:n]):
+        others = sorted({c for j, (_, c) in enumerate(cut) if j != i and c != truth})
+        if len(others) < options - 1:
+            raise ValueError(f"the texts have {len(others) + 1} distinct continuations; need {options} per item")
+        choices = list(rng.choice(others, options - 1, replace=False))
+        label = int(rng.integers(options))
+        choices.insert(label, truth)
+        docs.append({"question": context, "context": context, "choices": choices, "label": label})
+    return docs
+
+
 def _idiom_words(documents: datasets.Dataset) -> set[str]:
     return {json.loads(meta)["word"].strip() for meta in _column(documents, "meta")}
 
@@ -118,16 +147,18 @@ def course_suite(tokenizer: PreTrainedTokenizerFast, n_texts: int = 64, n_docs: 
                  seed: int = 0) -> tuple[Suite, pd.DataFrame]:
     """The suite every course model goes through, and the instruction pairs of the `seen_idioms` a fine-tune trains on.
 
-    'seen' tasks ask about those idioms (most of them are in the pretraining text too); 'unseen' tasks
-    about idioms whose dictionary entry pretraining held out and no fine-tune trains on. The reviews and
-    perplexity texts come from held-out documents that no pretrained document repeats.
+    Idioms come in three tiers: 'sft' asks about those the fine-tunes train on (most are in the pretraining
+    text too), 'pretrained' about idioms whose dictionary entry pretraining read and no fine-tune trains on,
+    'unseen' about idioms neither saw. The reviews, perplexity and cloze texts come from held-out documents
+    that no pretrained document repeats.
     """
     if not 0 < min(n_docs, n_generate) <= seen_idioms:
         raise ValueError(f"need 0 < n_docs={n_docs} and n_generate={n_generate} ≤ seen_idioms={seen_idioms}")
     pairs = idiom_instructions(seed=seed)
-    unseen_pairs, seen_pairs = split_by_idiom(pairs, seen_idioms, seed=seed)
+    rest_pairs, sft_pairs = split_by_idiom(pairs, seen_idioms, seed=seed)
     trained_idioms, held_out_idioms = (_idiom_words(part) for part in pretraining_split("idioms"))
-    unseen_pairs = unseen_pairs[unseen_pairs.idiom.isin(held_out_idioms - trained_idioms)]
+    tiers = {"unseen": rest_pairs[rest_pairs.idiom.isin(held_out_idioms - trained_idioms)],
+             "pretrained": rest_pairs[rest_pairs.idiom.isin(trained_idioms)], "sft": sft_pairs}
     trained_reviews, held_out_reviews = pretraining_split("reviews")
     trained_texts = set(_column(trained_reviews, "text"))
     unseen_reviews = set(_column(held_out_reviews, "text")) - trained_texts
@@ -135,22 +166,25 @@ def course_suite(tokenizer: PreTrainedTokenizerFast, n_texts: int = 64, n_docs: 
     reviews = pd.concat([test, train]).pipe(lambda frame: frame[frame.text.isin(unseen_reviews)]).reset_index(drop=True)
     if len(reviews) < n_docs:
         raise ValueError(f"only {len(reviews)} labelled reviews were held out of pretraining; asked for n_docs={n_docs}")
-    explain = {name: frame[frame.direction == "idiom → explanation"].iloc[:n_generate][["prompt", "answer"]]
-               for name, frame in (("seen", seen_pairs), ("unseen", unseen_pairs))}
+    per_domain = -(-n_docs // len(domains))  # the cloze items, shared out over the domains
+    cloze = [doc for name in domains for doc in cloze_docs(
+        held_out_texts(name, max(4 * per_domain, 16), seed=seed + 1, exclude_repeats=True), per_domain, seed=seed)]
+    explain = {name: tiers[name][tiers[name].direction == "idiom → explanation"].iloc[:n_generate][["prompt", "answer"]]
+               for name in ("sft", "unseen")}
     suite = Suite(
         perplexity={name: held_out_texts(name, n_texts, seed=seed, exclude_repeats=True) for name in domains},
-        choices={"idiom_mc_seen": idiom_choice_docs(seen_pairs, tokenizer, n_docs, seed=seed),
-                 "idiom_mc_unseen": idiom_choice_docs(unseen_pairs, tokenizer, n_docs, seed=seed),
-                 "sentiment": sentiment_docs(reviews, tokenizer, n_docs)},
+        choices={**{f"idiom_mc_{name}": idiom_choice_docs(frame, tokenizer, n_docs, seed=seed) for name, frame in tiers.items()},
+                 "cloze": cloze[:n_docs], "sentiment": sentiment_docs(reviews, tokenizer, n_docs)},
         generation={f"explain_{name}": frame.reset_index(drop=True) for name, frame in explain.items()},
+        content_free={"sentiment": [chat_prompt(tokenizer, sentiment_question(text), tokenize=False) for text in CONTENT_FREE]},
         seed=seed)
     trained_questions = {f"“{word}”是什么意思？" for word in trained_idioms}
     suite.in_pretraining = {
-        **{task: float(np.mean([doc["question"] in trained_questions for doc in suite.choices[task]]))
-           for task in ("idiom_mc_seen", "idiom_mc_unseen")},
+        **{f"idiom_mc_{name}": float(np.mean([doc["question"] in trained_questions for doc in suite.choices[f"idiom_mc_{name}"]]))
+           for name in tiers},
         **{task: float(frame.prompt.isin(trained_questions).mean()) for task, frame in suite.generation.items()},
-        "sentiment": float(reviews.text[:n_docs].isin(trained_texts).mean())}
-    return suite, seen_pairs
+        "cloze": 0.0, "sentiment": float(reviews.text[:n_docs].isin(trained_texts).mean())}
+    return suite, sft_pairs
 
 
 def chance_levels(docs: Sequence[dict]) -> dict[str, float]:
@@ -186,10 +220,17 @@ def evaluate(model_or_path: DeepSeekLM | str | Path, suite: Suite, tokenizer: Pr
         losses = text_losses(model, tokenizer, texts, suite.max_tokens)
         rows.append((f"perplexity/{domain}", "perplexity", *mean_with_ci(losses, np.exp, **boot), len(texts), np.nan))
     for task, docs in suite.choices.items():
-        predictions, _ = choice_predictions(model, tokenizer, docs)
+        predictions, logliks = choice_predictions(model, tokenizer, docs)
+        scored = {task: predictions}
+        if task in suite.content_free:
+            _, free = choice_predictions(model, tokenizer, [{"context": context, "choices": docs[0]["choices"]}
+                                                            for context in suite.content_free[task]])
+            scored[f"{task}_calibrated"] = calibrated_predictions(logliks, free)
         labels, chance = [doc["label"] for doc in docs], chance_levels(docs)
-        for metric in ("accuracy", "macro_f1"):
-            rows.append((task, metric, *score_with_ci(metric, predictions, labels, **boot), len(docs), chance[metric]))
+        for scored_task, answers in scored.items():
+            for metric in ("accuracy", "macro_f1"):
+                rows.append((scored_task, metric, *score_with_ci(metric, answers, labels, **boot), len(docs),
+                             chance[metric]))
     for task, pairs in suite.generation.items():
         replies = greedy_answers(model, tokenizer, list(pairs.prompt), suite.max_new_tokens)
         for metric in ("chrf", "bleu", "rougeL"):

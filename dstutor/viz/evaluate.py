@@ -11,10 +11,14 @@ import plotly.graph_objects as go
 
 def scores_with_chance(table: pd.DataFrame, tasks: Sequence[str], metric: str, title: str,
                        ylabel: str) -> plt.Figure:
-    """One panel per task: each model's value with its 95 % interval, and a dashed line at chance."""
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False, sharey=True,
-                             layout="constrained")
-    for ax, task in zip(axes[0], tasks):
+    """One panel per task (three to a row): each model's value with its 95 % interval, and a dashed line at chance."""
+    columns = min(3, len(tasks))
+    rows_of_panels = -(-len(tasks) // columns)
+    fig, axes = plt.subplots(rows_of_panels, columns, figsize=(4.2 * columns, 3.6 * rows_of_panels), squeeze=False,
+                             sharey=True, layout="constrained")
+    for ax in axes.flat[len(tasks):]:
+        ax.set_visible(False)
+    for ax, task in zip(axes.flat, tasks):
         rows = table[(table.task == task) & (table.metric == metric)]
         x = np.arange(len(rows))
         ax.errorbar(x, rows.value, yerr=[rows.value - rows.ci_low, rows.ci_high - rows.value], fmt="o", capsize=4)
@@ -23,7 +27,8 @@ def scores_with_chance(table: pd.DataFrame, tasks: Sequence[str], metric: str, t
             ax.legend(fontsize=8, loc="upper left")
         ax.set_xticks(x, rows.model, rotation=30, ha="right", fontsize=8)
         ax.set_title(task, fontsize=10)
-    axes[0, 0].set_ylabel(ylabel)
+    for row in axes:
+        row[0].set_ylabel(ylabel)
     fig.suptitle(title)
     return fig
 
