@@ -9,14 +9,15 @@ import torch
 
 from dstutor.continual.curriculum import ordered_batches, unigram_difficulty
 from dstutor.continual.ewc import Consolidated, EWCModel, fisher_diagonal
-from dstutor.continual.metrics import backward_transfer, final_loss, forgetting, forgetting_rate, forward_transfer
+from dstutor.continual.metrics import (backward_transfer, final_loss, forgetting, forgetting_rate, forward_transfer,
+                                       steps_to_target)
 from dstutor.continual.online import (DriftDetector, Snapshots, detection_report, online_learning,
                                       token_distribution)
 from dstutor.continual.privacy import (clipped_noisy_gradient, dp_finetune, opacus_support, per_sample_gradients,
                                        rdp_epsilon, summed_gradient)
 from dstutor.continual.replay import ReplayBuffer, rank_probabilities
 from dstutor.continual.strategies import Strategy, compare_strategies, freeze_for_stage, run_sequence
-from dstutor.continual.tasks import Task, task_sequence
+from dstutor.continual.tasks import Task, ciphered, task_sequence
 from dstutor.train import TrainConfig, Trainer
 from tiny import tiny_lm as tiny
 
@@ -114,7 +115,16 @@ def test_sequential_training_learns_each_task_and_forgets_the_first():
     assert forgetting(adapters) == 0.0  # each task is scored with its own adapter over an untouched base
 
 
-def test_a_shared_first_stage_gives_the_same_runs_as_training_it_again():
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test, as the runner's workers train: float sums then agree to the last bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_shared_first_stage_gives_the_same_runs_as_training_it_again(one_thread):
     tasks = [pattern_task("low", 0, 32, 0), pattern_task("high", 32, 64, 1)]
     base = tiny_lm()
     strategies = [Strategy("naive", lr=3e-3), Strategy("replay", lr=3e-3, replay_size=20, replay_alpha=1.0),
@@ -313,3 +323,25 @@ def test_opacus_support_is_reported_for_dense_and_moe_models():
     dense, moe = opacus_support(tiny_lm(n_routed_experts=0)), opacus_support(tiny_lm())
     assert "wraps the model" in dense.result.iloc[-1]
     assert "refuses" in moe.result.iloc[-1] and "Router" in moe.result.iloc[-1]
+
+
+def test_steps_to_target_reads_a_running_mean_and_says_when_it_is_never_reached():
+    losses = [5.0, 1.0, 5.0, 4.0, 3.0, 2.0, 1.0]
+    assert steps_to_target(losses, 3.0, window=1) == 2.0  # one noisy batch is enough without a mean
+    assert steps_to_target(losses, 2.9, window=2) == 6.0  # means 3, 3, 4.5, 3.5, then (3 + 2) / 2 = 2.5 at step 6
+    assert steps_to_target([5.0, 5.0, 1.0], 3.0, window=2) == 3.0
+    assert np.isnan(steps_to_target(losses, 0.5, window=2))
+    with pytest.raises(ValueError, match="window=0"):
+        steps_to_target(losses, 1.0, window=0)
+
+
+def test_a_cipher_is_one_permutation_of_the_vocabulary_per_seed():
+    task = Task("t", torch.tensor([[1, 2, 3, 2]]), torch.tensor([[3, 1, 0, 0]]))
+    first, again, other = ciphered(task, 8, seed=1), ciphered(task, 8, seed=1), ciphered(task, 8, seed=2)
+    assert torch.equal(first.train, again.train) and not torch.equal(first.train, other.train)
+    # the same id maps to the same new id everywhere, different ids to different ones: a permutation
+    mapping = dict(zip(torch.cat([task.train, task.test]).flatten().tolist(),
+                       torch.cat([first.train, first.test]).flatten().tolist()))
+    assert len(set(mapping.values())) == len(mapping) == 4 and first.train[0, 1] == first.train[0, 3]
+    with pytest.raises(ValueError, match="token id 3; a cipher of 3 ids"):
+        ciphered(task, 3, seed=1)

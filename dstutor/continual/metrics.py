@@ -7,6 +7,8 @@ backward and forward transfer > 0 are good.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 
@@ -61,6 +63,18 @@ def forgetting_rate(losses: pd.DataFrame | np.ndarray) -> float:
     if tasks < 2:
         return 0.0
     return float(np.mean([(matrix[-1, j] - matrix[j + 1, j]) / matrix[j + 1, j] for j in range(tasks - 1)]))
+
+
+def steps_to_target(losses: Sequence[float], target: float, window: int = 4) -> float:
+    """The first step (1-based) at which the mean training loss of the last `window` steps is ≤ target; NaN if none.
+
+    A mean over a few steps, because one batch's loss is noisy; no step before `window` counts.
+    """
+    if window < 1:
+        raise ValueError(f"window={window}: need ≥ 1 step")
+    running = pd.Series(losses, dtype=float).rolling(window).mean().to_numpy()
+    hits = np.flatnonzero(running <= target)
+    return float(hits[0] + 1) if len(hits) else float("nan")
 
 
 def summary(losses: pd.DataFrame | np.ndarray) -> dict[str, float]:

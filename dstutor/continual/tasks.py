@@ -68,3 +68,16 @@ def task_sequence(names: Sequence[str], tokenizer: PreTrainedTokenizerFast, bloc
     if len(set(names)) != len(names):
         raise ValueError(f"each corpus may appear once in the sequence; got {list(names)}")
     return [domain_task(name, tokenizer, block_size, n_train, n_test, seed) for name in names]
+
+
+def ciphered(task: Task, vocab_size: int, seed: int) -> Task:
+    """The task with every token id mapped through one random permutation of the vocabulary (seeded).
+
+    The texts keep their structure in a language no pretrained model has read: the language-model version
+    of permuted MNIST, on which EWC was introduced.
+    """
+    top = int(max(task.train.max(), task.test.max()))
+    if top >= vocab_size:
+        raise ValueError(f"task {task.name!r} holds token id {top}; a cipher of {vocab_size} ids cannot map it")
+    permutation = torch.randperm(vocab_size, generator=torch.Generator().manual_seed(seed))
+    return Task(task.name, permutation[task.train], permutation[task.test])
