@@ -328,8 +328,9 @@ def test_opacus_support_is_reported_for_dense_and_moe_models():
 def test_steps_to_target_reads_a_running_mean_and_says_when_it_is_never_reached():
     losses = [5.0, 1.0, 5.0, 4.0, 3.0, 2.0, 1.0]
     assert steps_to_target(losses, 3.0, window=1) == 2.0  # one noisy batch is enough without a mean
-    assert steps_to_target(losses, 2.9, window=2) == 6.0  # means 3, 3, 4.5, 3.5, then (3 + 2) / 2 = 2.5 at step 6
+    assert steps_to_target(losses, 2.9, window=2) == 6.0  # means 5, 3, 3, 4.5, 3.5, then (3 + 2) / 2 = 2.5 at step 6
     assert steps_to_target([5.0, 5.0, 1.0], 3.0, window=2) == 3.0
+    assert steps_to_target([2.0, 9.0, 9.0], 3.0, window=3) == 1.0  # starting at the target counts from step 1
     assert np.isnan(steps_to_target(losses, 0.5, window=2))
     with pytest.raises(ValueError, match="window=0"):
         steps_to_target(losses, 1.0, window=0)

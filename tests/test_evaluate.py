@@ -220,10 +220,12 @@ def test_robustness_score_is_clean_over_noisy_perplexity():
 
 def test_matrix_weights_and_the_widget_rerank_models():
     measures = pd.DataFrame({"rougeL": [80.0, 10.0], "robustness": [0.5, 0.9], "tokens_per_s": [50.0, 100.0],
-                             "concentration": [0.2, 0.4], "gap": [0.1, -0.3], "sentiment_macro_f1": [0.4, 0.6]},
-                            index=["writer", "sprinter"])
+                             "concentration": [0.2, 0.4], "gap": [0.1, -0.3], "sentiment_macro_f1": [0.4, 0.6],
+                             "sentiment_chance": [0.5, 0.5]}, index=["writer", "sprinter"])
     scores = dimension_scores(measures)
     assert scores.loc["sprinter", "efficiency"] == 1.0 and scores.loc["writer", "fairness"] == pytest.approx(0.9)
+    # adaptability: the share of the way from chance to 1, and 0 below chance
+    assert scores.loc["sprinter", "adaptability"] == pytest.approx(0.2) and scores.loc["writer", "adaptability"] == 0.0
     assert weighted_score(scores, {"accuracy": 1.0}).idxmax() == "writer"
     assert weighted_score(scores, {"efficiency": 2.0}).idxmax() == "sprinter"
     assert weighted_score(scores).loc["writer"] == pytest.approx(sum(SEED_WEIGHTS[d] * scores.loc["writer", d]
@@ -320,14 +322,15 @@ def test_cloze_items_hold_the_true_continuation_and_contexts_end_in_a_character(
 def test_raw_measures_read_one_seeds_rows_and_name_missing_models():
     rows = pd.DataFrame({"model": ["a", "a", "a", "b", "b", "b"],
                          "task": ["explain_sft", "explain_unseen", "sentiment_calibrated"] * 2,
-                         "metric": ["rougeL", "rougeL", "macro_f1"] * 2, "value": [40.0, 20.0, 0.6, 10.0, 10.0, 0.4]})
+                         "metric": ["rougeL", "rougeL", "macro_f1"] * 2, "value": [40.0, 20.0, 0.6, 10.0, 10.0, 0.4],
+                         "chance": [np.nan, np.nan, 0.5] * 2})
     probes = pd.DataFrame({"robustness": [0.9, 0.8], "concentration": [0.3, 0.2], "gap": [0.01, -0.02]}, index=["b", "a"])
     measures = raw_measures(rows, probes, pd.Series({"a": 100.0, "b": 50.0}))
-    assert list(measures.index) == ["b", "a"] and measures.loc["a", "rougeL"] == 30.0
+    assert list(measures.index) == ["b", "a"] and measures.loc["a", "rougeL"] == 20.0  # the unseen idioms only
     assert measures.loc["a", "sentiment_macro_f1"] == 0.6 and measures.loc["b", "tokens_per_s"] == 50.0
     assert dimension_scores(measures).loc["a", "efficiency"] == 1.0
-    with pytest.raises(ValueError, match=r"models \['c'\]"):
-        raw_measures(rows, pd.concat([probes, probes.iloc[:1].rename(index={"b": "c"})]), pd.Series({"a": 1.0, "b": 1.0}))
+    with pytest.raises(ValueError, match=r"'speed': \['b'\]"):  # a model missing one measure only
+        raw_measures(rows, probes, pd.Series({"a": 1.0}))
 
 
 def test_scores_with_chance_puts_three_tasks_to_a_row():

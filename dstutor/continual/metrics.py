@@ -68,11 +68,12 @@ def forgetting_rate(losses: pd.DataFrame | np.ndarray) -> float:
 def steps_to_target(losses: Sequence[float], target: float, window: int = 4) -> float:
     """The first step (1-based) at which the mean training loss of the last `window` steps is ≤ target; NaN if none.
 
-    A mean over a few steps, because one batch's loss is noisy; no step before `window` counts.
+    A mean over a few steps, because one batch's loss is noisy; the first steps average what there is,
+    so a model that starts at the target reaches it at step 1.
     """
     if window < 1:
         raise ValueError(f"window={window}: need ≥ 1 step")
-    running = pd.Series(losses, dtype=float).rolling(window).mean().to_numpy()
+    running = pd.Series(losses, dtype=float).rolling(window, min_periods=1).mean().to_numpy()
     hits = np.flatnonzero(running <= target)
     return float(hits[0] + 1) if len(hits) else float("nan")
 

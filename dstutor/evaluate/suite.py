@@ -143,19 +143,19 @@ def _idiom_words(documents: datasets.Dataset) -> set[str]:
 
 
 def course_suite(tokenizer: PreTrainedTokenizerFast, n_texts: int = 64, n_docs: int = 100, n_generate: int = 48,
-                 seen_idioms: int = 100, domains: Sequence[str] = ("tang_poems", "reviews", "python_code", "shakespeare"),
+                 sft_idioms: int = 100, domains: Sequence[str] = ("tang_poems", "reviews", "python_code", "shakespeare"),
                  seed: int = 0) -> tuple[Suite, pd.DataFrame]:
-    """The suite every course model goes through, and the instruction pairs of the `seen_idioms` a fine-tune trains on.
+    """The suite every course model goes through, and the instruction pairs of the `sft_idioms` a fine-tune trains on.
 
     Idioms come in three tiers: 'sft' asks about those the fine-tunes train on (most are in the pretraining
     text too), 'pretrained' about idioms whose dictionary entry pretraining read and no fine-tune trains on,
     'unseen' about idioms neither saw. The reviews, perplexity and cloze texts come from held-out documents
     that no pretrained document repeats.
     """
-    if not 0 < min(n_docs, n_generate) <= seen_idioms:
-        raise ValueError(f"need 0 < n_docs={n_docs} and n_generate={n_generate} ≤ seen_idioms={seen_idioms}")
+    if not 0 < min(n_docs, n_generate) <= sft_idioms:
+        raise ValueError(f"need 0 < n_docs={n_docs} and n_generate={n_generate} ≤ sft_idioms={sft_idioms}")
     pairs = idiom_instructions(seed=seed)
-    rest_pairs, sft_pairs = split_by_idiom(pairs, seen_idioms, seed=seed)
+    rest_pairs, sft_pairs = split_by_idiom(pairs, sft_idioms, seed=seed)
     trained_idioms, held_out_idioms = (_idiom_words(part) for part in pretraining_split("idioms"))
     tiers = {"unseen": rest_pairs[rest_pairs.idiom.isin(held_out_idioms - trained_idioms)],
              "pretrained": rest_pairs[rest_pairs.idiom.isin(trained_idioms)], "sft": sft_pairs}
@@ -167,8 +167,13 @@ def course_suite(tokenizer: PreTrainedTokenizerFast, n_texts: int = 64, n_docs: 
     if len(reviews) < n_docs:
         raise ValueError(f"only {len(reviews)} labelled reviews were held out of pretraining; asked for n_docs={n_docs}")
     per_domain = -(-n_docs // len(domains))  # the cloze items, shared out over the domains
-    cloze = [doc for name in domains for doc in cloze_docs(
-        held_out_texts(name, max(4 * per_domain, 16), seed=seed + 1, exclude_repeats=True), per_domain, seed=seed)]
+    cloze, cloze_seen = [], []
+    for name in domains:
+        docs = cloze_docs(held_out_texts(name, max(4 * per_domain, 16), seed=seed + 1, exclude_repeats=True), per_domain,
+                          seed=seed)
+        trained = "\0".join(pretrained_texts(name))  # a held-out piece can still repeat a passage of a trained document
+        cloze += docs
+        cloze_seen += [doc["context"] + doc["choices"][doc["label"]] in trained for doc in docs]
     explain = {name: tiers[name][tiers[name].direction == "idiom → explanation"].iloc[:n_generate][["prompt", "answer"]]
                for name in ("sft", "unseen")}
     suite = Suite(
@@ -183,7 +188,7 @@ def course_suite(tokenizer: PreTrainedTokenizerFast, n_texts: int = 64, n_docs: 
         **{f"idiom_mc_{name}": float(np.mean([doc["question"] in trained_questions for doc in suite.choices[f"idiom_mc_{name}"]]))
            for name in tiers},
         **{task: float(frame.prompt.isin(trained_questions).mean()) for task, frame in suite.generation.items()},
-        "cloze": 0.0, "sentiment": float(reviews.text[:n_docs].isin(trained_texts).mean())}
+        "cloze": float(np.mean(cloze_seen[:n_docs])), "sentiment": float(reviews.text[:n_docs].isin(trained_texts).mean())}
     return suite, sft_pairs
 
 
